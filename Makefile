@@ -1,0 +1,77 @@
+# protofast — run `make help` for the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# Build and test requirements (torch from PyPI is large: installed once, then
+# served from pip's cache).
+DEV_REQS := "maturin>=1.9,<2" "numpy>=1.23" "torch>=2.1" "pytest>=8" "hypothesis>=6.100" \
+            "scikit-learn>=1.3" "mypy>=1.10" "ruff>=0.6"
+BENCH_REQS := "faiss-cpu>=1.8" "threadpoolctl>=3"
+TRAIN_REQS := -e ".[train]"
+
+.PHONY: help venv develop test test-rust test-python wheel wheel-check bench bench-full lint stubtest train ablation clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.dev-installed:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install $(DEV_REQS)
+	touch $@
+
+venv: $(VENV)/.dev-installed ## Create .venv with the build and test requirements
+
+develop: venv ## Build the extension (release) into .venv
+	$(VENV)/bin/maturin develop --release
+
+test-rust: ## cargo test of the Rust core (no Python needed)
+	cargo test --release
+
+test-python: develop ## pytest of the Python package
+	$(PY) -m pytest -q
+
+wheel: venv ## Build the abi3 wheel into dist/
+	$(VENV)/bin/maturin build --release --out dist
+
+wheel-check: wheel ## Install the wheel into a fresh venv and import it there
+	rm -rf /tmp/protofast-wheel-venv
+	$(PYTHON) -m venv /tmp/protofast-wheel-venv
+	/tmp/protofast-wheel-venv/bin/pip install -q dist/protofast-*-abi3-*.whl
+	cd /tmp && /tmp/protofast-wheel-venv/bin/python -c "import protofast, numpy as np; \
+	r = protofast.kmeans(np.eye(4, dtype=np.float32), 2, seed=1); \
+	print('wheel ok:', protofast.__version__, r.inertia)"
+
+test: venv test-rust test-python wheel-check ## Set up .venv and run every test (what CI runs)
+
+lint: venv ## cargo fmt --check, clippy -D warnings, ruff
+	cargo fmt --check
+	cargo clippy --all-targets --features python -- -D warnings
+	$(VENV)/bin/ruff check python tests benches
+	$(VENV)/bin/ruff format --check python tests benches
+
+stubtest: develop ## Check the .pyi stub against the compiled module
+	$(PY) -m mypy.stubtest protofast._protofast
+
+bench: develop ## Benchmarks (quick preset): markdown tables, JSON in benches/out/
+	$(PIP) install -q $(BENCH_REQS)
+	$(PY) benches/run_all.py --quick
+
+bench-full: develop ## Benchmarks at every size of the issue (long)
+	$(PIP) install -q $(BENCH_REQS)
+	$(PY) benches/run_all.py --full
+
+train: develop ## Set up and run the main job: train an IMU encoder on real data
+	$(PIP) install -q $(TRAIN_REQS)
+	$(VENV)/bin/protofast-train
+
+ablation: develop ## The ablation of target modes (long; not in CI)
+	$(PIP) install -q $(TRAIN_REQS)
+	$(VENV)/bin/protofast-train --ablation
+
+clean: ## Remove build outputs and the venv
+	rm -rf target dist $(VENV)

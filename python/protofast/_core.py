@@ -1,0 +1,406 @@
+"""Typed Python front of the Rust core: input conversion and validation.
+
+Every function converts its array arguments once (numpy or torch, any real
+dtype, any device, any strides) to C-contiguous float32 numpy arrays, checks
+the plain arguments, and calls the compiled module, which releases the GIL
+while it works.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from . import _protofast
+from ._protofast import ProtofastError
+
+__all__ = [
+    "KMeansResult",
+    "LabelStore",
+    "ProtofastError",
+    "as_matrix",
+    "get_num_threads",
+    "kmeans",
+    "nearest_prototype",
+    "set_num_threads",
+]
+
+
+def as_matrix(x: Any, name: str) -> np.ndarray:
+    """Converts ``x`` to a C-contiguous float32 numpy matrix.
+
+    Args:
+        x: A numpy array, torch tensor (any device, any float dtype, with or
+            without grad) or anything ``np.asarray`` accepts, of 2 dimensions.
+        name: The argument's name, used in error messages.
+
+    Returns:
+        A 2-D C-contiguous ``float32`` array (``x`` itself when it already is one).
+
+    Raises:
+        TypeError: ``x`` is not numeric (strings, objects, complex numbers).
+        ProtofastError: ``x`` is not 2-dimensional.
+    """
+    if type(x).__module__.startswith("torch"):
+        x = x.detach().to(device="cpu").float().contiguous().numpy()
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "fiub" or arr.dtype.kind == "b":
+        raise TypeError(f"{name}: expected real numbers, got an array of dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise ProtofastError(f"{name}: expected a 2-D array, got shape {tuple(arr.shape)}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    value = int(value)
+    if value < minimum or (maximum is not None and value > maximum):
+        upper = "" if maximum is None else f" and at most {maximum}"
+        raise ProtofastError(f"{name}: must be at least {minimum}{upper}, got {value}")
+    return value
+
+
+def _labels(labels: Any, name: str = "labels") -> list[str]:
+    if isinstance(labels, (str, bytes)):
+        raise TypeError(f"{name}: expected a sequence of str, got a single {type(labels).__name__}")
+    try:
+        out = list(labels)
+    except TypeError:
+        raise TypeError(
+            f"{name}: expected a sequence of str, got {type(labels).__name__}"
+        ) from None
+    for i, label in enumerate(out):
+        if not isinstance(label, str):
+            raise TypeError(f"{name}: item {i} is {type(label).__name__}, expected str")
+    return out
+
+
+@dataclass(frozen=True)
+class KMeansResult:
+    """The outcome of :func:`kmeans`.
+
+    Attributes:
+        centroids: ``(k, D)`` float32 cluster centres (unit norm if spherical).
+        labels: ``(N,)`` int64 index of each point's nearest centroid.
+        inertia: Sum of squared distances of the points to their centroid
+            (computed exactly, in float64; for spherical k-means, of the
+            normalised points).
+        n_iter: Lloyd iterations run by the kept restart.
+        converged: Whether the kept restart stopped before ``max_iter``.
+    """
+
+    centroids: np.ndarray
+    labels: np.ndarray
+    inertia: float
+    n_iter: int
+    converged: bool
+
+
+def kmeans(
+    x: Any,
+    k: int,
+    *,
+    n_init: int = 1,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    seed: int = 0,
+    init: Literal["k-means++", "random"] | Any = "k-means++",
+    spherical: bool = False,
+) -> KMeansResult:
+    """Lloyd's k-means, parallel and deterministic.
+
+    For a given ``seed`` the result is identical bit for bit whatever the
+    number of threads (see :func:`set_num_threads`).
+
+    Args:
+        x: ``(N, D)`` points (numpy array or torch tensor, any real dtype).
+        k: Number of clusters, ``1 <= k <= N``.
+        n_init: Restarts with different initialisations; the lowest inertia
+            wins. Ignored (one run) when ``init`` is an array.
+        max_iter: Maximum Lloyd iterations per restart; 0 returns the initial
+            centroids with the points assigned to them.
+        tol: Stop when the summed squared centroid shift is at most ``tol``
+            times the mean per-feature variance of ``x`` (scikit-learn's
+            rule); also stops when no label changes. ``tol=0`` runs until
+            labels stop changing or ``max_iter``.
+        seed: Seed of the random initialisation (``0 <= seed < 2**64``).
+        init: ``"k-means++"`` (greedy, as scikit-learn), ``"random"``
+            (k distinct points), or a ``(k, D)`` array of initial centroids.
+        spherical: Cosine k-means: rows of ``x`` (and ``init``) are normalised
+            to unit norm and centroids are kept at unit norm.
+
+    Returns:
+        A :class:`KMeansResult`.
+
+    Raises:
+        TypeError: An argument has the wrong type.
+        ProtofastError: A value is invalid (``k > N``, a NaN in ``x``, an
+            ``init`` of the wrong shape, a zero row in spherical mode, ...).
+    """
+    data = as_matrix(x, "x")
+    k = _int("k", k, 1)
+    n_init = _int("n_init", n_init, 1)
+    max_iter = _int("max_iter", max_iter, 0)
+    seed = _int("seed", seed, 0, 2**64 - 1)
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
+        raise TypeError(f"tol: expected a float, got {type(tol).__name__}")
+    init_centroids = None
+    if isinstance(init, str):
+        init_name = init
+    else:
+        init_centroids = as_matrix(init, "init")
+        init_name = "array"
+    centroids, labels, inertia, n_iter, converged = _protofast.kmeans_raw(
+        data,
+        k,
+        n_init=n_init,
+        max_iter=max_iter,
+        tol=float(tol),
+        seed=seed,
+        init=init_name,
+        init_centroids=init_centroids,
+        spherical=bool(spherical),
+    )
+    return KMeansResult(centroids, labels, float(inertia), int(n_iter), bool(converged))
+
+
+def nearest_prototype(
+    queries: Any, centroids: Any, *, metric: Literal["l2", "cosine"] = "l2"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The nearest centroid of each query.
+
+    Args:
+        queries: ``(Q, D)`` query vectors (numpy or torch, any real dtype).
+        centroids: ``(k, D)`` centroids, ``k >= 1``.
+        metric: ``"l2"``: the smallest squared Euclidean distance, returned as
+            the score; ``"cosine"``: the largest cosine similarity, returned as
+            the score (zero-norm rows are an error).
+
+    Returns:
+        ``(ids, scores)``: ``(Q,)`` int64 centroid indices (ties go to the
+        lowest index) and ``(Q,)`` float32 scores.
+
+    Raises:
+        TypeError: An array is not numeric.
+        ProtofastError: Shapes disagree, a value is not finite, the metric is
+            unknown, or a row has zero norm with ``metric="cosine"``.
+    """
+    q = as_matrix(queries, "queries")
+    c = as_matrix(centroids, "centroids")
+    if not isinstance(metric, str):
+        raise TypeError(f"metric: expected 'l2' or 'cosine', got {type(metric).__name__}")
+    return _protofast.nearest_prototype_raw(q, c, metric)
+
+
+def set_num_threads(n: int) -> None:
+    """Sets the number of threads protofast uses (default: the number of cores,
+    or the ``PROTOFAST_NUM_THREADS`` environment variable).
+
+    Args:
+        n: Thread count, at least 1.
+
+    Raises:
+        TypeError: ``n`` is not an int.
+        ProtofastError: ``n < 1``.
+    """
+    _protofast.set_num_threads(_int("n", n, 1))
+
+
+def get_num_threads() -> int:
+    """The number of threads protofast uses.
+
+    Returns:
+        The thread count of protofast's pool.
+    """
+    return _protofast.get_num_threads()
+
+
+class LabelStore:
+    """Interns label strings and keeps per-label embedding statistics.
+
+    Labels get dense ids in first-seen order. Per label the store keeps its
+    sample count and either the running mean over all its samples (default;
+    stored as a float32 sum, each batch pre-summed in float64) or, with
+    ``max_samples_per_label=N``, a window of its last N samples. The
+    dimension is fixed by the first batch. A rejected batch leaves the store
+    unchanged. Safe to share between threads; picklable.
+
+    Args:
+        max_samples_per_label: ``None`` for the running mean, or the window
+            size ``N >= 1``.
+
+    Raises:
+        ProtofastError: ``max_samples_per_label`` is less than 1.
+    """
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, max_samples_per_label: int | None = None) -> None:
+        if max_samples_per_label is not None:
+            max_samples_per_label = _int("max_samples_per_label", max_samples_per_label, 1)
+        self._inner = _protofast.LabelStore(max_samples_per_label)
+
+    def add(self, labels: Sequence[str], embeddings: Any) -> np.ndarray:
+        """Adds a batch of samples.
+
+        Args:
+            labels: ``B`` label strings.
+            embeddings: ``(B, D)`` embeddings, row i belonging to ``labels[i]``.
+
+        Returns:
+            ``(B,)`` int64 ids of the labels.
+
+        Raises:
+            TypeError: ``labels`` is not a sequence of str, or the embeddings
+                are not numeric.
+            ProtofastError: Length mismatch, a dimension other than the
+                store's, or a NaN/inf value. The store is left unchanged.
+        """
+        labels = _labels(labels)
+        return self._inner.add(labels, as_matrix(embeddings, "embeddings"))
+
+    def intern(self, labels: Sequence[str]) -> np.ndarray:
+        """Ids of ``labels``, adding unseen ones without samples.
+
+        Args:
+            labels: Label strings.
+
+        Returns:
+            ``(len(labels),)`` int64 ids.
+
+        Raises:
+            TypeError: ``labels`` is not a sequence of str.
+        """
+        return self._inner.intern(_labels(labels))
+
+    def lookup(self, labels: Sequence[str]) -> np.ndarray:
+        """Ids of ``labels`` without changing the store.
+
+        Args:
+            labels: Label strings.
+
+        Returns:
+            ``(len(labels),)`` int64 ids, -1 for labels never seen.
+
+        Raises:
+            TypeError: ``labels`` is not a sequence of str.
+        """
+        return self._inner.lookup(_labels(labels))
+
+    def add_sums(self, ids: Any, sums: Any, counts: Any) -> None:
+        """Merges pre-summed statistics (running-mean mode only).
+
+        Label ``ids[i]`` gains ``counts[i]`` samples whose sum is ``sums[i]``:
+        the way per-device or per-process accumulators are folded in.
+
+        Args:
+            ids: ``(M,)`` ids from :meth:`intern` or :meth:`add`.
+            sums: ``(M, D)`` per-label sums of embeddings.
+            counts: ``(M,)`` non-negative sample counts.
+
+        Raises:
+            ProtofastError: Window mode, an unknown id, a negative count,
+                mismatched lengths or a non-finite value. Nothing is changed.
+        """
+        ids_arr = np.ascontiguousarray(_to_numpy(ids), dtype=np.int64).reshape(-1)
+        counts_arr = np.ascontiguousarray(_to_numpy(counts), dtype=np.int64).reshape(-1)
+        self._inner.add_sums(ids_arr, as_matrix(sums, "sums"), counts_arr)
+
+    def means(self) -> np.ndarray:
+        """The ``(L, D)`` float32 mean embedding of every label, in id order.
+
+        Returns:
+            The means; a label interned without samples has a row of NaN.
+            ``(0, 0)`` before the first batch.
+        """
+        return self._inner.means()
+
+    def labels(self) -> list[str]:
+        """All labels in id order.
+
+        Returns:
+            The label strings.
+        """
+        return self._inner.labels()
+
+    def counts(self) -> np.ndarray:
+        """Samples seen per label, in id order.
+
+        Returns:
+            ``(L,)`` int64 counts (all samples, also in window mode).
+        """
+        return self._inner.counts()
+
+    def __len__(self) -> int:
+        return len(self._inner)
+
+    @property
+    def dim(self) -> int | None:
+        """The embedding dimension, ``None`` before the first batch."""
+        return self._inner.dim
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the store (allocated capacity)."""
+        return self._inner.nbytes
+
+    @property
+    def max_samples_per_label(self) -> int | None:
+        """The window size, ``None`` in running-mean mode."""
+        return self._inner.max_samples_per_label
+
+    def __repr__(self) -> str:
+        return repr(self._inner)
+
+    def state(self) -> dict[str, Any]:
+        """The whole state as plain values and numpy arrays (for checkpoints).
+
+        Returns:
+            A dict with keys ``max_samples_per_label``, ``dim``, ``labels``,
+            ``counts``, ``data`` and ``window_rows``.
+        """
+        return self._inner.state()
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> LabelStore:
+        """Rebuilds a store from :meth:`state` (arrays may be torch tensors).
+
+        Args:
+            state: A dict as returned by :meth:`state`.
+
+        Returns:
+            The restored store.
+
+        Raises:
+            ProtofastError: The state is inconsistent.
+            KeyError: A key is missing.
+        """
+        store = cls(state["max_samples_per_label"])
+        dim = state["dim"]
+        data = as_matrix(_to_numpy(state["data"]), "state.data")
+        store._inner.load_state(
+            state["max_samples_per_label"],
+            None if dim is None else int(dim),
+            _labels(state["labels"], "state.labels"),
+            np.ascontiguousarray(_to_numpy(state["counts"]), dtype=np.int64).reshape(-1),
+            data,
+            np.ascontiguousarray(_to_numpy(state["window_rows"]), dtype=np.int64).reshape(-1),
+        )
+        return store
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.state()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._inner = LabelStore.from_state(state)._inner
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if type(x).__module__.startswith("torch"):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)

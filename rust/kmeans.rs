@@ -1,0 +1,615 @@
+//! Lloyd's k-means with k-means++ initialisation, restarts and an optional
+//! spherical (cosine) mode.
+//!
+//! Determinism: for a given seed the result is the same bit for bit whatever
+//! the number of threads. Distances are computed in fixed row blocks
+//! ([`ROW_BLOCK`]), every sum over points is taken in index order (centroid
+//! sums per cluster over its members in index order, potentials per block then
+//! over blocks in order), and all random draws happen on one thread.
+
+use std::borrow::Cow;
+
+use rayon::prelude::*;
+
+use crate::error::{check_finite, check_matrix, Error, Result};
+use crate::linalg::{nearest, normalize_rows, row_sq_norms, sq_dist, Metric, ROW_BLOCK};
+use crate::rng::Rng;
+
+/// How the initial centroids are chosen.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Init {
+    /// Greedy k-means++ (2 + ln k candidates per step, as scikit-learn).
+    KMeansPlusPlus,
+    /// k distinct rows drawn uniformly.
+    Random,
+    /// These k×d centroids (row-major). Runs once: `n_init` is ignored.
+    Given(Vec<f32>),
+}
+
+/// Parameters of [`kmeans`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct KMeansParams {
+    /// Number of clusters (1 ≤ k ≤ n).
+    pub k: usize,
+    /// Restarts; the run with the lowest inertia is kept.
+    pub n_init: usize,
+    /// Maximum Lloyd iterations per run (0 returns the initial centroids).
+    pub max_iter: usize,
+    /// Stop when the summed squared centroid shift is at most
+    /// `tol × mean per-feature variance of x` (scikit-learn's rule).
+    pub tol: f64,
+    /// Seed of the random generator.
+    pub seed: u64,
+    /// Initialisation.
+    pub init: Init,
+    /// Cosine k-means: rows are normalised and centroids kept at unit norm.
+    pub spherical: bool,
+}
+
+impl KMeansParams {
+    /// The defaults (`n_init=1, max_iter=300, tol=1e-4, seed=0, k-means++`).
+    pub fn new(k: usize) -> Self {
+        KMeansParams {
+            k,
+            n_init: 1,
+            max_iter: 300,
+            tol: 1e-4,
+            seed: 0,
+            init: Init::KMeansPlusPlus,
+            spherical: false,
+        }
+    }
+}
+
+/// The outcome of [`kmeans`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct KMeansResult {
+    /// k×d centroids, row-major.
+    pub centroids: Vec<f32>,
+    /// The nearest centroid of each point.
+    pub labels: Vec<u32>,
+    /// Sum of squared distances of points to their centroid (exact, f64).
+    pub inertia: f64,
+    /// Lloyd iterations run by the kept restart.
+    pub n_iter: usize,
+    /// Whether the kept restart met the stopping rule before `max_iter`.
+    pub converged: bool,
+}
+
+/// Runs k-means on the n×d row-major matrix `x`.
+///
+/// Parallel in the current rayon pool; see the module docs for determinism.
+pub fn kmeans(x: &[f32], n: usize, d: usize, params: &KMeansParams) -> Result<KMeansResult> {
+    let k = params.k;
+    check_matrix("x", x, n, d)?;
+    if n == 0 {
+        return Err(Error::invalid("x", "must have at least one row"));
+    }
+    if d == 0 {
+        return Err(Error::invalid("x", "must have at least one column"));
+    }
+    if k == 0 {
+        return Err(Error::invalid("k", "must be at least 1"));
+    }
+    if k > n {
+        return Err(Error::invalid(
+            "k",
+            format!("k={k} exceeds the number of points ({n})"),
+        ));
+    }
+    if params.n_init == 0 {
+        return Err(Error::invalid("n_init", "must be at least 1"));
+    }
+    if !(params.tol.is_finite() && params.tol >= 0.0) {
+        return Err(Error::invalid("tol", "must be a finite number ≥ 0"));
+    }
+    check_finite("x", x, d)?;
+    let x: Cow<[f32]> = if params.spherical {
+        let mut owned = x.to_vec();
+        if let Some(row) = normalize_rows(&mut owned, d) {
+            return Err(Error::invalid(
+                "x",
+                format!("row {row} has zero norm; spherical k-means needs non-zero rows"),
+            ));
+        }
+        Cow::Owned(owned)
+    } else {
+        Cow::Borrowed(x)
+    };
+    let given = match &params.init {
+        Init::Given(c) => {
+            check_matrix("init", c, k, d)?;
+            check_finite("init", c, d)?;
+            let mut c = c.clone();
+            if params.spherical {
+                if let Some(row) = normalize_rows(&mut c, d) {
+                    return Err(Error::invalid(
+                        "init",
+                        format!("row {row} has zero norm; spherical k-means needs non-zero rows"),
+                    ));
+                }
+            }
+            Some(c)
+        }
+        _ => None,
+    };
+
+    let x = &*x;
+    let x_norms = row_sq_norms(x, d);
+    let tol = params.tol * mean_feature_variance(x, n, d);
+    let mut rng = Rng::new(params.seed);
+    let runs = if given.is_some() { 1 } else { params.n_init };
+    let mut best: Option<KMeansResult> = None;
+    for _ in 0..runs {
+        let init = match (&params.init, &given) {
+            (_, Some(c)) => c.clone(),
+            (Init::Random, _) => random_init(x, n, d, k, &mut rng),
+            _ => kmeans_plus_plus(x, &x_norms, n, d, k, &mut rng),
+        };
+        let run = lloyd(x, &x_norms, n, d, init, params.max_iter, tol, params.spherical);
+        if best.as_ref().is_none_or(|b| run.inertia < b.inertia) {
+            best = Some(run);
+        }
+    }
+    Ok(best.expect("at least one run"))
+}
+
+/// Mean over features of the per-feature variance (f64, fixed order).
+fn mean_feature_variance(x: &[f32], n: usize, d: usize) -> f64 {
+    let mut mean = vec![0f64; d];
+    for row in x.chunks(d) {
+        for (m, &v) in mean.iter_mut().zip(row) {
+            *m += v as f64;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= n as f64);
+    let mut var = vec![0f64; d];
+    for row in x.chunks(d) {
+        for ((s, &v), m) in var.iter_mut().zip(row).zip(&mean) {
+            let t = v as f64 - m;
+            *s += t * t;
+        }
+    }
+    var.iter().sum::<f64>() / (n as f64 * d as f64)
+}
+
+fn random_init(x: &[f32], n: usize, d: usize, k: usize, rng: &mut Rng) -> Vec<f32> {
+    // Partial Fisher–Yates over the row indices: k distinct rows.
+    let mut idx: Vec<usize> = (0..n).collect();
+    let mut c = Vec::with_capacity(k * d);
+    for i in 0..k {
+        let j = i + rng.below(n - i);
+        idx.swap(i, j);
+        c.extend_from_slice(&x[idx[i] * d..(idx[i] + 1) * d]);
+    }
+    c
+}
+
+/// Per-block sums of `v` (f64), one entry per [`ROW_BLOCK`] rows.
+fn block_sums(v: &[f32]) -> Vec<f64> {
+    v.par_chunks(ROW_BLOCK)
+        .map(|b| b.iter().map(|&t| t as f64).sum())
+        .collect()
+}
+
+/// The index `i` such that the running sum of `weights` first exceeds `r`,
+/// located through the per-block sums; the last positive weight if rounding
+/// runs past the end.
+fn sample_index(weights: &[f32], sums: &[f64], r: f64) -> usize {
+    let mut acc = 0.0;
+    for (b, &s) in sums.iter().enumerate() {
+        if acc + s > r {
+            let start = b * ROW_BLOCK;
+            for (i, &w) in weights[start..].iter().take(ROW_BLOCK).enumerate() {
+                acc += w as f64;
+                if acc > r {
+                    return start + i;
+                }
+            }
+        } else {
+            acc += s;
+        }
+    }
+    weights.iter().rposition(|&w| w > 0.0).unwrap_or(0)
+}
+
+/// Greedy k-means++ (Arthur & Vassilvitskii, with scikit-learn's
+/// 2 + ⌊ln k⌋ local trials per centre).
+fn kmeans_plus_plus(
+    x: &[f32],
+    x_norms: &[f32],
+    n: usize,
+    d: usize,
+    k: usize,
+    rng: &mut Rng,
+) -> Vec<f32> {
+    let trials = 2 + (k as f64).ln().floor() as usize;
+    let mut centers = Vec::with_capacity(k * d);
+    let first = rng.below(n);
+    centers.extend_from_slice(&x[first * d..(first + 1) * d]);
+    let mut closest = vec![0f32; n];
+    let mut unused = vec![0u32; n];
+    nearest(
+        x,
+        x_norms,
+        &centers,
+        &x_norms[first..first + 1],
+        d,
+        Metric::L2,
+        &mut unused,
+        &mut closest,
+    );
+    closest[first] = 0.0;
+    let mut sums = block_sums(&closest);
+    let mut dist = vec![0f32; n * trials];
+    let mut cand = vec![0f32; trials * d];
+    let mut cand_norms = vec![0f32; trials];
+    let mut cand_idx = vec![0usize; trials];
+    for _ in 1..k {
+        let pot: f64 = sums.iter().sum();
+        for t in 0..trials {
+            let i = if pot > 0.0 {
+                sample_index(&closest, &sums, rng.next_f64() * pot)
+            } else {
+                rng.below(n)
+            };
+            cand_idx[t] = i;
+            cand[t * d..(t + 1) * d].copy_from_slice(&x[i * d..(i + 1) * d]);
+            cand_norms[t] = x_norms[i];
+        }
+        // dist (n×trials): squared distance of every point to every candidate.
+        x.par_chunks(ROW_BLOCK * d)
+            .zip(dist.par_chunks_mut(ROW_BLOCK * trials))
+            .enumerate()
+            .for_each(|(b, (xb, db))| {
+                let rows = db.len() / trials;
+                crate::linalg::dot_nt(xb, rows, &cand, trials, d, db);
+                for r in 0..rows {
+                    let xn = x_norms[b * ROW_BLOCK + r];
+                    for t in 0..trials {
+                        let v = &mut db[r * trials + t];
+                        *v = (xn - 2.0 * *v + cand_norms[t]).max(0.0);
+                    }
+                }
+            });
+        for (t, &i) in cand_idx.iter().enumerate() {
+            dist[i * trials + t] = 0.0;
+        }
+        // Potential of each candidate: per block, then over blocks in order.
+        let block_pots: Vec<Vec<f64>> = closest
+            .par_chunks(ROW_BLOCK)
+            .zip(dist.par_chunks(ROW_BLOCK * trials))
+            .map(|(cb, db)| {
+                let mut p = vec![0f64; trials];
+                for (r, &c) in cb.iter().enumerate() {
+                    for t in 0..trials {
+                        p[t] += c.min(db[r * trials + t]) as f64;
+                    }
+                }
+                p
+            })
+            .collect();
+        let mut best = 0;
+        let mut best_pot = f64::INFINITY;
+        for t in 0..trials {
+            let p: f64 = block_pots.iter().map(|b| b[t]).sum();
+            if p < best_pot {
+                best_pot = p;
+                best = t;
+            }
+        }
+        closest
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(i, c)| *c = c.min(dist[i * trials + best]));
+        sums = block_sums(&closest);
+        centers.extend_from_slice(&cand[best * d..(best + 1) * d]);
+    }
+    centers
+}
+
+/// Lloyd iterations from `centroids`; returns the run's result with labels
+/// and inertia taken against the returned centroids.
+#[allow(clippy::too_many_arguments)]
+fn lloyd(
+    x: &[f32],
+    x_norms: &[f32],
+    n: usize,
+    d: usize,
+    mut centroids: Vec<f32>,
+    max_iter: usize,
+    tol: f64,
+    spherical: bool,
+) -> KMeansResult {
+    let k = centroids.len() / d;
+    let mut labels = vec![0u32; n];
+    let mut prev = vec![u32::MAX; n];
+    let mut dists = vec![0f32; n];
+    let mut n_iter = 0;
+    let mut converged = false;
+    for it in 0..max_iter {
+        let c_norms = row_sq_norms(&centroids, d);
+        nearest(x, x_norms, &centroids, &c_norms, d, Metric::L2, &mut labels, &mut dists);
+        let new = update_centroids(x, n, d, k, &labels, &dists, &centroids, spherical);
+        let shift: f64 = new
+            .iter()
+            .zip(&centroids)
+            .map(|(&a, &b)| {
+                let t = a as f64 - b as f64;
+                t * t
+            })
+            .sum();
+        centroids = new;
+        n_iter = it + 1;
+        if labels == prev || shift <= tol {
+            converged = true;
+            break;
+        }
+        std::mem::swap(&mut labels, &mut prev);
+    }
+    let c_norms = row_sq_norms(&centroids, d);
+    nearest(x, x_norms, &centroids, &c_norms, d, Metric::L2, &mut labels, &mut dists);
+    let inertia = exact_inertia(x, d, &centroids, &labels);
+    KMeansResult {
+        centroids,
+        labels,
+        inertia,
+        n_iter,
+        converged,
+    }
+}
+
+/// Σ‖x_i − c_{label_i}‖², in f64, per block then over blocks in order.
+pub fn exact_inertia(x: &[f32], d: usize, centroids: &[f32], labels: &[u32]) -> f64 {
+    let parts: Vec<f64> = x
+        .par_chunks(ROW_BLOCK * d)
+        .zip(labels.par_chunks(ROW_BLOCK))
+        .map(|(xb, lb)| {
+            xb.chunks(d)
+                .zip(lb)
+                .map(|(row, &l)| sq_dist(row, &centroids[l as usize * d..(l as usize + 1) * d]))
+                .sum::<f64>()
+        })
+        .collect();
+    parts.iter().sum()
+}
+
+/// New centroids: the mean of each cluster's members, summed in index order
+/// (f64). Empty clusters take the points farthest from their centroid.
+#[allow(clippy::too_many_arguments)]
+fn update_centroids(
+    x: &[f32],
+    n: usize,
+    d: usize,
+    k: usize,
+    labels: &[u32],
+    dists: &[f32],
+    old: &[f32],
+    spherical: bool,
+) -> Vec<f32> {
+    // Stable counting sort of the points by label.
+    let mut offsets = vec![0usize; k + 1];
+    for &l in labels {
+        offsets[l as usize + 1] += 1;
+    }
+    for j in 0..k {
+        offsets[j + 1] += offsets[j];
+    }
+    let mut fill = offsets.clone();
+    let mut order = vec![0u32; n];
+    for (i, &l) in labels.iter().enumerate() {
+        order[fill[l as usize]] = i as u32;
+        fill[l as usize] += 1;
+    }
+    let mut new = vec![0f32; k * d];
+    new.par_chunks_mut(d).enumerate().for_each(|(j, row)| {
+        let members = &order[offsets[j]..offsets[j + 1]];
+        if members.is_empty() {
+            return;
+        }
+        let mut acc = vec![0f64; d];
+        for &i in members {
+            let src = &x[i as usize * d..(i as usize + 1) * d];
+            for (a, &v) in acc.iter_mut().zip(src) {
+                *a += v as f64;
+            }
+        }
+        let inv = 1.0 / members.len() as f64;
+        let mut norm = 0f64;
+        for (o, a) in row.iter_mut().zip(&acc) {
+            let m = a * inv;
+            norm += m * m;
+            *o = m as f32;
+        }
+        if spherical {
+            if norm > 0.0 {
+                let s = (1.0 / norm.sqrt()) as f32;
+                row.iter_mut().for_each(|v| *v *= s);
+            } else {
+                row.copy_from_slice(&old[j * d..(j + 1) * d]);
+            }
+        }
+    });
+    let empty: Vec<usize> = (0..k).filter(|&j| offsets[j] == offsets[j + 1]).collect();
+    if !empty.is_empty() {
+        // Farthest points first; ties by index, so the choice is deterministic.
+        let mut far: Vec<u32> = (0..n as u32).collect();
+        let m = empty.len().min(n);
+        let cmp = |a: &u32, b: &u32| {
+            dists[*b as usize]
+                .total_cmp(&dists[*a as usize])
+                .then(a.cmp(b))
+        };
+        if m < n {
+            far.select_nth_unstable_by(m, cmp);
+        }
+        far.truncate(m);
+        far.sort_unstable_by(cmp);
+        for (&j, &i) in empty.iter().zip(&far) {
+            new[j * d..(j + 1) * d].copy_from_slice(&x[i as usize * d..(i as usize + 1) * d]);
+        }
+    }
+    new
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three well-separated blobs in 2-D, `per` points each.
+    fn blobs(per: usize, seed: u64) -> (Vec<f32>, usize) {
+        let mut rng = Rng::new(seed);
+        let centers = [(0.0, 0.0), (10.0, 0.0), (0.0, 10.0)];
+        let mut x = Vec::new();
+        for &(cx, cy) in &centers {
+            for _ in 0..per {
+                x.push(cx + rng.next_f64() as f32 - 0.5);
+                x.push(cy + rng.next_f64() as f32 - 0.5);
+            }
+        }
+        (x, 3 * per)
+    }
+
+    fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(f)
+    }
+
+    #[test]
+    fn finds_separated_blobs() {
+        let (x, n) = blobs(200, 1);
+        let r = kmeans(&x, n, 2, &KMeansParams::new(3)).unwrap();
+        assert!(r.converged);
+        // Each blob lands in one cluster.
+        for b in 0..3 {
+            let l = r.labels[b * 200];
+            assert!(r.labels[b * 200..(b + 1) * 200].iter().all(|&v| v == l));
+        }
+        assert!(r.inertia / (n as f64) < 0.2, "{}", r.inertia);
+        assert!((exact_inertia(&x, 2, &r.centroids, &r.labels) - r.inertia).abs() < 1e-9);
+    }
+
+    #[test]
+    fn same_result_with_one_and_many_threads() {
+        let (x, n) = blobs(1_000, 2);
+        let mut p = KMeansParams::new(7);
+        p.n_init = 3;
+        p.seed = 11;
+        let a = in_pool(1, || kmeans(&x, n, 2, &p).unwrap());
+        let b = in_pool(3, || kmeans(&x, n, 2, &p).unwrap());
+        assert_eq!(a, b);
+        assert_eq!(
+            a.centroids.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            b.centroids.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn centroids_are_member_means_at_convergence() {
+        let (x, n) = blobs(300, 3);
+        let mut p = KMeansParams::new(5);
+        p.tol = 0.0;
+        let r = kmeans(&x, n, 2, &p).unwrap();
+        assert!(r.converged);
+        for j in 0..5 {
+            let members: Vec<usize> = (0..n).filter(|&i| r.labels[i] == j as u32).collect();
+            assert!(!members.is_empty());
+            for t in 0..2 {
+                let mean = members.iter().map(|&i| x[i * 2 + t] as f64).sum::<f64>()
+                    / members.len() as f64;
+                assert!((mean - r.centroids[j * 2 + t] as f64).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn k_equal_to_distinct_points_gives_zero_inertia() {
+        let pts = [[1.0f32, 2.0], [3.0, -1.0], [0.5, 0.5], [7.0, 7.0]];
+        let x: Vec<f32> = pts.iter().cycle().take(40).flatten().copied().collect();
+        let r = kmeans(&x, 40, 2, &KMeansParams::new(4)).unwrap();
+        assert_eq!(r.inertia, 0.0);
+    }
+
+    #[test]
+    fn given_init_and_max_iter_zero() {
+        let (x, n) = blobs(50, 4);
+        let init = vec![0.0, 0.0, 10.0, 0.0, 0.0, 10.0];
+        let mut p = KMeansParams::new(3);
+        p.init = Init::Given(init.clone());
+        p.max_iter = 0;
+        let r = kmeans(&x, n, 2, &p).unwrap();
+        assert_eq!(r.centroids, init);
+        assert_eq!(r.n_iter, 0);
+        assert_eq!(r.labels[0], 0);
+        assert_eq!(r.labels[n - 1], 2);
+    }
+
+    #[test]
+    fn inertia_never_increases_across_iterations() {
+        let (x, n) = blobs(400, 5);
+        let mut last = f64::INFINITY;
+        for it in 0..8 {
+            let mut p = KMeansParams::new(6);
+            p.init = Init::Random;
+            p.max_iter = it;
+            p.tol = 0.0;
+            let r = kmeans(&x, n, 2, &p).unwrap();
+            assert!(r.inertia <= last * (1.0 + 1e-9), "iter {it}: {} > {last}", r.inertia);
+            last = r.inertia;
+        }
+    }
+
+    #[test]
+    fn spherical_centroids_have_unit_norm() {
+        let (x, n) = blobs(100, 6);
+        let x: Vec<f32> = x.iter().map(|v| v + 1.0).collect();
+        let mut p = KMeansParams::new(3);
+        p.spherical = true;
+        let r = kmeans(&x, n, 2, &p).unwrap();
+        for c in r.centroids.chunks(2) {
+            let norm = (c[0] * c[0] + c[1] * c[1]).sqrt();
+            assert!((norm - 1.0).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn empty_clusters_are_repaired() {
+        // All initial centroids far away but one: the others start empty.
+        let (x, n) = blobs(50, 7);
+        let mut p = KMeansParams::new(3);
+        p.init = Init::Given(vec![5.0, 5.0, 100.0, 100.0, 200.0, 200.0]);
+        let r = kmeans(&x, n, 2, &p).unwrap();
+        let mut seen = [false; 3];
+        r.labels.iter().for_each(|&l| seen[l as usize] = true);
+        assert_eq!(seen, [true; 3]);
+        assert!(r.converged);
+        // Better than one cluster holding everything.
+        let one = kmeans(&x, n, 2, &KMeansParams::new(1)).unwrap();
+        assert!(r.inertia < one.inertia, "{} vs {}", r.inertia, one.inertia);
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        let x = vec![0.0f32; 6];
+        let e = kmeans(&x, 3, 2, &KMeansParams::new(4)).unwrap_err();
+        assert!(e.to_string().starts_with("k:"), "{e}");
+        assert!(kmeans(&x, 3, 2, &KMeansParams::new(0)).is_err());
+        assert!(kmeans(&x, 2, 2, &KMeansParams::new(1)).is_err());
+        let mut bad = x.clone();
+        bad[3] = f32::NAN;
+        let e = kmeans(&bad, 3, 2, &KMeansParams::new(1)).unwrap_err();
+        assert_eq!(e, Error::NonFinite { arg: "x", row: 1 });
+        let mut p = KMeansParams::new(2);
+        p.init = Init::Given(vec![0.0; 3]);
+        assert!(kmeans(&x, 3, 2, &p).is_err());
+        p = KMeansParams::new(1);
+        p.spherical = true;
+        assert!(kmeans(&x, 3, 2, &p).is_err());
+        p = KMeansParams::new(1);
+        p.tol = -1.0;
+        assert!(kmeans(&x, 3, 2, &p).is_err());
+    }
+}

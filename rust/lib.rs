@@ -1,0 +1,22 @@
+//! protofast's core: a label-embedding store, a deterministic parallel
+//! k-means and a nearest-prototype lookup, in plain Rust.
+//!
+//! Nothing here touches Python; the bindings live in `python` (behind the
+//! `python` feature, which maturin enables) and only convert inputs, release
+//! the GIL, call the core and convert outputs.
+
+pub mod error;
+pub mod kmeans;
+pub mod linalg;
+pub mod lookup;
+pub mod parallel;
+pub mod rng;
+pub mod store;
+
+#[cfg(feature = "python")]
+mod python;
+
+pub use error::{Error, Result};
+pub use kmeans::{kmeans, Init, KMeansParams, KMeansResult};
+pub use lookup::{nearest_prototype, LookupMetric};
+pub use store::{LabelStore, StoreState};

@@ -1,0 +1,335 @@
+//! PyO3 bindings: convert inputs, release the GIL, call the core, convert
+//! outputs. No logic lives here.
+
+use numpy::ndarray::Array2;
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2};
+use pyo3::create_exception;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use std::borrow::Cow;
+use std::sync::{Mutex, MutexGuard};
+
+use crate::error::Error;
+use crate::kmeans::{Init, KMeansParams};
+use crate::lookup::LookupMetric;
+use crate::store::{LabelStore, StoreState};
+use crate::{kmeans, nearest_prototype, parallel};
+
+create_exception!(
+    protofast,
+    ProtofastError,
+    PyValueError,
+    "Invalid input to protofast. The message names the argument and the problem."
+);
+
+/// The one conversion of core errors to Python exceptions.
+impl From<Error> for PyErr {
+    fn from(e: Error) -> PyErr {
+        ProtofastError::new_err(e.to_string())
+    }
+}
+
+/// Borrows a 2-D array as a row-major slice (copying only if it is not
+/// C-contiguous) with its shape.
+fn matrix<'a>(a: &'a PyReadonlyArray2<'_, f32>) -> (Cow<'a, [f32]>, usize, usize) {
+    let (rows, cols) = a.as_array().dim();
+    match a.as_slice() {
+        Ok(s) => (Cow::Borrowed(s), rows, cols),
+        Err(_) => (Cow::Owned(a.as_array().iter().copied().collect()), rows, cols),
+    }
+}
+
+fn vector<'a, T: numpy::Element + Copy>(a: &'a PyReadonlyArray1<'_, T>) -> Cow<'a, [T]> {
+    match a.as_slice() {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => Cow::Owned(a.as_array().iter().copied().collect()),
+    }
+}
+
+fn to_matrix(py: Python<'_>, data: Vec<f32>, rows: usize, cols: usize) -> Bound<'_, PyArray2<f32>> {
+    Array2::from_shape_vec((rows, cols), data)
+        .expect("the core returns rows×cols values")
+        .into_pyarray(py)
+}
+
+fn ids_to_py(py: Python<'_>, ids: Vec<u32>) -> Bound<'_, PyArray1<i64>> {
+    ids.into_iter().map(i64::from).collect::<Vec<_>>().into_pyarray(py)
+}
+
+/// k-means; see `protofast.kmeans` for the documented wrapper.
+#[pyfunction]
+#[pyo3(signature = (x, k, *, n_init, max_iter, tol, seed, init, init_centroids, spherical))]
+#[allow(clippy::too_many_arguments)]
+fn kmeans_raw<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray2<'py, f32>,
+    k: usize,
+    n_init: usize,
+    max_iter: usize,
+    tol: f64,
+    seed: u64,
+    init: &str,
+    init_centroids: Option<PyReadonlyArray2<'py, f32>>,
+    spherical: bool,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let (data, n, d) = matrix(&x);
+    let init = match (init, &init_centroids) {
+        (_, Some(c)) => {
+            let (c, ck, cd) = matrix(c);
+            if cd != d || ck != k {
+                return Err(Error::shape("init", format!("{k}×{d}"), format!("{ck}×{cd}")).into());
+            }
+            Init::Given(c.into_owned())
+        }
+        ("k-means++", None) => Init::KMeansPlusPlus,
+        ("random", None) => Init::Random,
+        (other, None) => {
+            return Err(Error::invalid(
+                "init",
+                format!("expected 'k-means++', 'random' or a k×D array, got {other:?}"),
+            )
+            .into())
+        }
+    };
+    let params = KMeansParams {
+        k,
+        n_init,
+        max_iter,
+        tol,
+        seed,
+        init,
+        spherical,
+    };
+    let r = py.detach(|| parallel::install(|| kmeans(&data, n, d, &params)))??;
+    let centroids = to_matrix(py, r.centroids, k, d);
+    let labels = ids_to_py(py, r.labels);
+    (centroids, labels, r.inertia, r.n_iter, r.converged).into_pyobject(py)
+}
+
+/// Nearest-prototype lookup; see `protofast.nearest_prototype`.
+#[pyfunction]
+#[pyo3(signature = (queries, centroids, metric))]
+fn nearest_prototype_raw<'py>(
+    py: Python<'py>,
+    queries: PyReadonlyArray2<'py, f32>,
+    centroids: PyReadonlyArray2<'py, f32>,
+    metric: &str,
+) -> PyResult<(Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<f32>>)> {
+    let metric: LookupMetric = metric.parse()?;
+    let (q, nq, dq) = matrix(&queries);
+    let (c, k, d) = matrix(&centroids);
+    if dq != d {
+        return Err(Error::shape(
+            "queries",
+            format!("{d} columns (as centroids)"),
+            format!("{dq} columns"),
+        )
+        .into());
+    }
+    let (ids, scores) =
+        py.detach(|| parallel::install(|| nearest_prototype(&q, nq, &c, k, d, metric)))??;
+    Ok((ids_to_py(py, ids), scores.into_pyarray(py)))
+}
+
+/// Sets the number of threads of protofast's pool (≥ 1).
+#[pyfunction]
+fn set_num_threads(n: usize) -> PyResult<()> {
+    Ok(parallel::set_num_threads(n)?)
+}
+
+/// The number of threads protofast's parallel routines use.
+#[pyfunction]
+fn get_num_threads() -> usize {
+    parallel::num_threads()
+}
+
+/// Label interning with per-label running statistics. Thread-safe: calls
+/// from several threads are serialised.
+#[pyclass(frozen, module = "protofast._protofast", name = "LabelStore")]
+struct PyLabelStore {
+    inner: Mutex<LabelStore>,
+}
+
+impl PyLabelStore {
+    fn lock(&self) -> MutexGuard<'_, LabelStore> {
+        // Every mutation validates before it writes, so a panic cannot leave
+        // a half-written store behind: a poisoned lock is safe to reuse.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[pymethods]
+impl PyLabelStore {
+    #[new]
+    #[pyo3(signature = (max_samples_per_label=None))]
+    fn new(max_samples_per_label: Option<usize>) -> PyResult<Self> {
+        Ok(PyLabelStore {
+            inner: Mutex::new(LabelStore::new(max_samples_per_label)?),
+        })
+    }
+
+    fn add<'py>(
+        &self,
+        py: Python<'py>,
+        labels: Vec<String>,
+        embeddings: PyReadonlyArray2<'py, f32>,
+    ) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        let (data, rows, dim) = matrix(&embeddings);
+        if rows != labels.len() {
+            return Err(Error::shape(
+                "embeddings",
+                format!("{} rows (one per label)", labels.len()),
+                format!("{rows} rows"),
+            )
+            .into());
+        }
+        let ids = py.detach(|| self.lock().add(&labels, &data, dim))?;
+        Ok(ids_to_py(py, ids))
+    }
+
+    fn intern<'py>(&self, py: Python<'py>, labels: Vec<String>) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        let ids = py.detach(|| self.lock().intern(&labels))?;
+        Ok(ids_to_py(py, ids))
+    }
+
+    fn lookup<'py>(&self, py: Python<'py>, labels: Vec<String>) -> Bound<'py, PyArray1<i64>> {
+        let ids = py.detach(|| self.lock().lookup(&labels));
+        ids.into_pyarray(py)
+    }
+
+    fn add_sums(
+        &self,
+        py: Python<'_>,
+        ids: PyReadonlyArray1<'_, i64>,
+        sums: PyReadonlyArray2<'_, f32>,
+        counts: PyReadonlyArray1<'_, i64>,
+    ) -> PyResult<()> {
+        let ids: Vec<u32> = vector(&ids)
+            .iter()
+            .map(|&i| u32::try_from(i).map_err(|_| Error::invalid("ids", format!("invalid id {i}"))))
+            .collect::<Result<_, _>>()?;
+        let counts: Vec<u64> = vector(&counts)
+            .iter()
+            .map(|&c| {
+                u64::try_from(c).map_err(|_| Error::invalid("counts", format!("negative count {c}")))
+            })
+            .collect::<Result<_, _>>()?;
+        let (data, _, dim) = matrix(&sums);
+        py.detach(|| self.lock().add_sums(&ids, &data, &counts, dim))?;
+        Ok(())
+    }
+
+    fn means<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray2<f32>> {
+        let (m, rows, dim) = py.detach(|| {
+            let s = self.lock();
+            (s.means(), s.len(), s.dim().unwrap_or(0))
+        });
+        to_matrix(py, m, rows, dim)
+    }
+
+    fn labels(&self) -> Vec<String> {
+        self.lock().names().into_iter().map(str::to_owned).collect()
+    }
+
+    fn counts<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<i64>> {
+        let c: Vec<i64> = self.lock().counts().iter().map(|&c| c as i64).collect();
+        c.into_pyarray(py)
+    }
+
+    fn __len__(&self) -> usize {
+        self.lock().len()
+    }
+
+    #[getter]
+    fn dim(&self) -> Option<usize> {
+        self.lock().dim()
+    }
+
+    #[getter]
+    fn nbytes(&self) -> usize {
+        self.lock().nbytes()
+    }
+
+    #[getter]
+    fn max_samples_per_label(&self) -> Option<usize> {
+        self.lock().max_samples_per_label()
+    }
+
+    fn __repr__(&self) -> String {
+        let s = self.lock();
+        format!(
+            "LabelStore(labels={}, dim={}, max_samples_per_label={}, nbytes={})",
+            s.len(),
+            s.dim().map_or("None".into(), |d| d.to_string()),
+            s.max_samples_per_label()
+                .map_or("None".into(), |d| d.to_string()),
+            s.nbytes()
+        )
+    }
+
+    /// The whole state as a dict of plain values and numpy arrays.
+    fn state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let st = py.detach(|| self.lock().to_state());
+        let d = PyDict::new(py);
+        d.set_item("max_samples_per_label", st.max_samples_per_label)?;
+        d.set_item("dim", st.dim)?;
+        let rows = st.data.len() / st.dim.unwrap_or(1).max(1);
+        d.set_item("labels", st.labels)?;
+        let counts: Vec<i64> = st.counts.iter().map(|&c| c as i64).collect();
+        d.set_item("counts", counts.into_pyarray(py))?;
+        d.set_item("data", to_matrix(py, st.data, rows, st.dim.unwrap_or(0)))?;
+        let wr: Vec<i64> = st.window_rows.iter().map(|&r| r as i64).collect();
+        d.set_item("window_rows", wr.into_pyarray(py))?;
+        Ok(d)
+    }
+
+    /// Replaces the contents with a state from `state()` (validated first).
+    fn load_state(
+        &self,
+        py: Python<'_>,
+        max_samples_per_label: Option<usize>,
+        dim: Option<usize>,
+        labels: Vec<String>,
+        counts: PyReadonlyArray1<'_, i64>,
+        data: PyReadonlyArray2<'_, f32>,
+        window_rows: PyReadonlyArray1<'_, i64>,
+    ) -> PyResult<()> {
+        let nonneg = |arg: &'static str, v: &[i64]| -> PyResult<Vec<u64>> {
+            v.iter()
+                .map(|&c| {
+                    u64::try_from(c).map_err(|_| Error::invalid(arg, format!("negative value {c}")).into())
+                })
+                .collect()
+        };
+        let counts = nonneg("state.counts", &vector(&counts))?;
+        let window_rows = nonneg("state.window_rows", &vector(&window_rows))?
+            .into_iter()
+            .map(|r| r as usize)
+            .collect();
+        let (data, _, _) = matrix(&data);
+        let state = StoreState {
+            max_samples_per_label,
+            dim,
+            labels,
+            counts,
+            data: data.into_owned(),
+            window_rows,
+        };
+        let store = py.detach(|| LabelStore::from_state(state))?;
+        *self.lock() = store;
+        Ok(())
+    }
+}
+
+#[pymodule]
+fn _protofast(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("ProtofastError", m.py().get_type::<ProtofastError>())?;
+    m.add_class::<PyLabelStore>()?;
+    m.add_function(wrap_pyfunction!(kmeans_raw, m)?)?;
+    m.add_function(wrap_pyfunction!(nearest_prototype_raw, m)?)?;
+    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    Ok(())
+}

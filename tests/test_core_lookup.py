@@ -1,0 +1,49 @@
+"""protofast.nearest_prototype against a brute-force numpy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from protofast import ProtofastError, nearest_prototype
+
+
+@given(st.integers(0, 300), st.integers(1, 20), st.integers(1, 9), st.integers(0, 10**6))
+def test_matches_brute_force(q: int, k: int, d: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    queries = rng.normal(size=(q, d)).astype(np.float32)
+    cents = rng.normal(size=(k, d)).astype(np.float32)
+    ids, scores = nearest_prototype(queries, cents)
+    dist = ((queries[:, None].astype(np.float64) - cents[None]) ** 2).sum(-1)
+    assert ids.dtype == np.int64 and scores.dtype == np.float32 and ids.shape == (q,)
+    if q:
+        assert np.all(dist[np.arange(q), ids] <= dist.min(1) + 1e-4)
+        np.testing.assert_allclose(scores, dist.min(1), rtol=1e-4, atol=1e-4)
+    ids, scores = nearest_prototype(queries + 0.1, cents, metric="cosine")
+    qn = (queries + 0.1) / np.linalg.norm(queries + 0.1, axis=1, keepdims=True)
+    cos = qn @ (cents / np.linalg.norm(cents, axis=1, keepdims=True)).T
+    if q:
+        assert np.all(cos[np.arange(q), ids] >= cos.max(1) - 1e-5)
+        np.testing.assert_allclose(scores, cos.max(1), atol=1e-5)
+
+
+def test_ties_go_to_lowest_index_and_torch_inputs() -> None:
+    cents = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    ids, _ = nearest_prototype(torch.tensor([[2.0, 0.0]]), cents)
+    assert ids.tolist() == [0]
+
+
+def test_errors() -> None:
+    with pytest.raises(ProtofastError, match="queries: expected 3 columns"):
+        nearest_prototype(np.zeros((2, 4)), np.zeros((2, 3)))
+    with pytest.raises(ProtofastError, match="metric"):
+        nearest_prototype(np.zeros((2, 3)), np.ones((2, 3)), metric="dot")
+    with pytest.raises(ProtofastError, match="centroids: must have at least one row"):
+        nearest_prototype(np.zeros((2, 3)), np.zeros((0, 3)))
+    with pytest.raises(ProtofastError, match="zero norm"):
+        nearest_prototype(np.zeros((2, 3)), np.ones((2, 3)), metric="cosine")
+    with pytest.raises(ProtofastError, match="non-finite"):
+        nearest_prototype(np.full((2, 3), np.inf), np.ones((2, 3)))
