@@ -83,17 +83,15 @@ pub fn set_num_threads(threads: usize) -> Result<()> {
             std::mem::forget(old);
         }
     }
-    *guard = Some(PoolState {
-        pool,
-        threads,
-        pid,
-    });
+    *guard = Some(PoolState { pool, threads, pid });
     Ok(())
 }
 
 /// The number of threads later calls will use.
 pub fn num_threads() -> usize {
-    lock().as_ref().map_or_else(default_num_threads, |s| s.threads)
+    lock()
+        .as_ref()
+        .map_or_else(default_num_threads, |s| s.threads)
 }
 
 /// Runs `f` inside the shared pool.

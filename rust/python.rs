@@ -36,7 +36,11 @@ fn matrix<'a>(a: &'a PyReadonlyArray2<'_, f32>) -> (Cow<'a, [f32]>, usize, usize
     let (rows, cols) = a.as_array().dim();
     match a.as_slice() {
         Ok(s) => (Cow::Borrowed(s), rows, cols),
-        Err(_) => (Cow::Owned(a.as_array().iter().copied().collect()), rows, cols),
+        Err(_) => (
+            Cow::Owned(a.as_array().iter().copied().collect()),
+            rows,
+            cols,
+        ),
     }
 }
 
@@ -54,7 +58,10 @@ fn to_matrix(py: Python<'_>, data: Vec<f32>, rows: usize, cols: usize) -> Bound<
 }
 
 fn ids_to_py(py: Python<'_>, ids: Vec<u32>) -> Bound<'_, PyArray1<i64>> {
-    ids.into_iter().map(i64::from).collect::<Vec<_>>().into_pyarray(py)
+    ids.into_iter()
+        .map(i64::from)
+        .collect::<Vec<_>>()
+        .into_pyarray(py)
 }
 
 /// k-means; see `protofast.kmeans` for the documented wrapper.
@@ -188,7 +195,11 @@ impl PyLabelStore {
         Ok(ids_to_py(py, ids))
     }
 
-    fn intern<'py>(&self, py: Python<'py>, labels: Vec<String>) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    fn intern<'py>(
+        &self,
+        py: Python<'py>,
+        labels: Vec<String>,
+    ) -> PyResult<Bound<'py, PyArray1<i64>>> {
         let ids = py.detach(|| self.lock().intern(&labels))?;
         Ok(ids_to_py(py, ids))
     }
@@ -207,12 +218,15 @@ impl PyLabelStore {
     ) -> PyResult<()> {
         let ids: Vec<u32> = vector(&ids)
             .iter()
-            .map(|&i| u32::try_from(i).map_err(|_| Error::invalid("ids", format!("invalid id {i}"))))
+            .map(|&i| {
+                u32::try_from(i).map_err(|_| Error::invalid("ids", format!("invalid id {i}")))
+            })
             .collect::<Result<_, _>>()?;
         let counts: Vec<u64> = vector(&counts)
             .iter()
             .map(|&c| {
-                u64::try_from(c).map_err(|_| Error::invalid("counts", format!("negative count {c}")))
+                u64::try_from(c)
+                    .map_err(|_| Error::invalid("counts", format!("negative count {c}")))
             })
             .collect::<Result<_, _>>()?;
         let (data, _, dim) = matrix(&sums);
@@ -298,7 +312,8 @@ impl PyLabelStore {
         let nonneg = |arg: &'static str, v: &[i64]| -> PyResult<Vec<u64>> {
             v.iter()
                 .map(|&c| {
-                    u64::try_from(c).map_err(|_| Error::invalid(arg, format!("negative value {c}")).into())
+                    u64::try_from(c)
+                        .map_err(|_| Error::invalid(arg, format!("negative value {c}")).into())
                 })
                 .collect()
         };

@@ -304,7 +304,13 @@ impl LabelStore {
     /// Merges pre-summed statistics (running-mean mode only): label `ids[i]`
     /// gains `counts[i]` samples whose sum is row i of the `ids.len()×dim`
     /// matrix `sums`. Validated whole first: on error the store is unchanged.
-    pub fn add_sums(&mut self, ids: &[u32], sums: &[f32], counts: &[u64], dim: usize) -> Result<()> {
+    pub fn add_sums(
+        &mut self,
+        ids: &[u32],
+        sums: &[f32],
+        counts: &[u64],
+        dim: usize,
+    ) -> Result<()> {
         if !matches!(self.stats, Stats::Mean { .. }) {
             return Err(Error::invalid(
                 "add_sums",
@@ -324,7 +330,10 @@ impl LabelStore {
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.len()) {
             return Err(Error::invalid(
                 "ids",
-                format!("id {bad} is not a label of this store ({} labels)", self.len()),
+                format!(
+                    "id {bad} is not a label of this store ({} labels)",
+                    self.len()
+                ),
             ));
         }
         self.fix_dim(dim);
@@ -351,7 +360,11 @@ impl LabelStore {
                     let off = (id % SUM_BLOCK) * d;
                     let src = &blocks[id / SUM_BLOCK][off..off + d];
                     for (o, &s) in row.iter_mut().zip(src) {
-                        *o = if c == 0 { f32::NAN } else { (s as f64 / c as f64) as f32 };
+                        *o = if c == 0 {
+                            f32::NAN
+                        } else {
+                            (s as f64 / c as f64) as f32
+                        };
                     }
                 }
                 Stats::Window { windows, .. } => {
@@ -364,7 +377,11 @@ impl LabelStore {
                         }
                     }
                     for (o, a) in row.iter_mut().zip(&acc) {
-                        *o = if rows == 0 { f32::NAN } else { (a / rows as f64) as f32 };
+                        *o = if rows == 0 {
+                            f32::NAN
+                        } else {
+                            (a / rows as f64) as f32
+                        };
                     }
                 }
             }
@@ -549,8 +566,16 @@ mod tests {
         let mut s = LabelStore::new(None).unwrap();
         s.add(&["a"], &[1.0, 2.0], 2).unwrap();
         let before = s.to_state();
-        let e = s.add(&["b", "c"], &[1.0, f32::NAN, 0.0, 0.0], 2).unwrap_err();
-        assert_eq!(e, Error::NonFinite { arg: "embeddings", row: 0 });
+        let e = s
+            .add(&["b", "c"], &[1.0, f32::NAN, 0.0, 0.0], 2)
+            .unwrap_err();
+        assert_eq!(
+            e,
+            Error::NonFinite {
+                arg: "embeddings",
+                row: 0
+            }
+        );
         assert!(s.add(&["b"], &[1.0, 2.0, 3.0], 3).is_err());
         assert!(s.add(&["b", "c"], &[1.0, 2.0], 2).is_err());
         assert_eq!(s.to_state(), before);
@@ -560,7 +585,8 @@ mod tests {
     #[test]
     fn add_sums_merges_like_add() {
         let mut a = LabelStore::new(None).unwrap();
-        a.add(&["x", "y", "x"], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2).unwrap();
+        a.add(&["x", "y", "x"], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2)
+            .unwrap();
         let mut b = LabelStore::new(None).unwrap();
         let ids = b.intern(&["x", "y"]).unwrap();
         assert!(b.means().is_empty());

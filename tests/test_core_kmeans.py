@@ -6,12 +6,11 @@ import os
 import threading
 
 import numpy as np
+import protofast
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-
-import protofast
 from protofast import ProtofastError, kmeans
 
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-
 from protofast import LabelStore, ProtofastError
 
 LABELS = ["walking", "running", "sitting", "lying", "cycling"]
@@ -39,7 +38,7 @@ def test_ids_and_running_means_match_numpy(data) -> None:
     order: list[str] = []
     for labels, emb in data:
         ids = store.add(labels, emb)
-        for label, row, i in zip(labels, emb, ids):
+        for label, row, i in zip(labels, emb, ids, strict=True):
             if label not in rows:
                 order.append(label)
                 rows[label] = []
@@ -58,7 +57,7 @@ def test_window_means_match_numpy(data, window: int) -> None:
     rows: dict[str, list[np.ndarray]] = {}
     for labels, emb in data:
         store.add(labels, emb)
-        for label, row in zip(labels, emb):
+        for label, row in zip(labels, emb, strict=True):
             rows.setdefault(label, []).append(row)
     order = store.labels()
     if order:
@@ -124,8 +123,10 @@ def test_pickle_and_state_round_trip(window) -> None:
     store.add(labels, extra)
     clone.add(labels, extra)
     np.testing.assert_array_equal(clone.means(), store.means())
-    state = {k: (torch.as_tensor(v) if isinstance(v, np.ndarray) else v)
-             for k, v in store.state().items()}
+    state = {
+        k: (torch.as_tensor(v) if isinstance(v, np.ndarray) else v)
+        for k, v in store.state().items()
+    }
     np.testing.assert_array_equal(LabelStore.from_state(state).means(), store.means())
 
 
@@ -185,6 +186,6 @@ def test_threads_adding_together_lose_nothing() -> None:
         t.start()
     for t in threads:
         t.join()
-    counts = dict(zip(store.labels(), store.counts().tolist()))
+    counts = dict(zip(store.labels(), store.counts().tolist(), strict=True))
     assert counts["shared"] == 200
     assert sum(counts.values()) == 1 + 400

@@ -2,9 +2,14 @@
 training, on a Rust core.
 
 The core (:func:`kmeans`, :class:`LabelStore`, :func:`nearest_prototype`) is
-compiled Rust; the training-facing layer (``PrototypeManager``,
-``InfoNCELoss``) is a thin torch layer on top of it.
+compiled Rust and needs only numpy. The training layer
+(:class:`PrototypeManager`, :class:`InfoNCELoss`, :class:`SemanticAlignmentLoss`,
+:func:`compute_retrieval_metrics`) needs torch and is imported on first use.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from ._core import (
     KMeansResult,
@@ -17,13 +22,45 @@ from ._core import (
 )
 from ._protofast import __version__
 
+if TYPE_CHECKING:
+    from .loss import InfoNCELoss, SemanticAlignmentLoss
+    from .manager import PrototypeManager
+    from .metrics import compute_retrieval_metrics
+
 __all__ = [
+    "InfoNCELoss",
     "KMeansResult",
     "LabelStore",
+    "PrototypeManager",
     "ProtofastError",
+    "SemanticAlignmentLoss",
     "__version__",
+    "compute_retrieval_metrics",
     "get_num_threads",
     "kmeans",
     "nearest_prototype",
     "set_num_threads",
 ]
+
+_LAZY = {
+    "PrototypeManager": "manager",
+    "InfoNCELoss": "loss",
+    "SemanticAlignmentLoss": "loss",
+    "compute_retrieval_metrics": "metrics",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Imports the torch-based names on first use (``import protofast`` stays light)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'protofast' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

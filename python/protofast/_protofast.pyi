@@ -1,0 +1,74 @@
+"""Type stubs of the compiled core. Users import from ``protofast`` instead."""
+
+from typing import final
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "LabelStore",
+    "ProtofastError",
+    "get_num_threads",
+    "kmeans_raw",
+    "nearest_prototype_raw",
+    "set_num_threads",
+    "__version__",
+]
+
+__version__: str
+
+class ProtofastError(ValueError):
+    """Invalid input to protofast. The message names the argument and the problem."""
+
+def kmeans_raw(
+    x: npt.NDArray[np.float32],
+    k: int,
+    *,
+    n_init: int,
+    max_iter: int,
+    tol: float,
+    seed: int,
+    init: str,
+    init_centroids: npt.NDArray[np.float32] | None,
+    spherical: bool,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], float, int, bool]: ...
+def nearest_prototype_raw(
+    queries: npt.NDArray[np.float32], centroids: npt.NDArray[np.float32], metric: str
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
+def set_num_threads(n: int) -> None: ...
+def get_num_threads() -> int: ...
+
+@final
+class LabelStore:
+    def __new__(cls, max_samples_per_label: int | None = None) -> LabelStore: ...
+    def add(
+        self, labels: list[str], embeddings: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.int64]: ...
+    def intern(self, labels: list[str]) -> npt.NDArray[np.int64]: ...
+    def lookup(self, labels: list[str]) -> npt.NDArray[np.int64]: ...
+    def add_sums(
+        self,
+        ids: npt.NDArray[np.int64],
+        sums: npt.NDArray[np.float32],
+        counts: npt.NDArray[np.int64],
+    ) -> None: ...
+    def means(self) -> npt.NDArray[np.float32]: ...
+    def labels(self) -> list[str]: ...
+    def counts(self) -> npt.NDArray[np.int64]: ...
+    def __len__(self) -> int: ...
+    @property
+    def dim(self) -> int | None: ...
+    @property
+    def nbytes(self) -> int: ...
+    @property
+    def max_samples_per_label(self) -> int | None: ...
+    def state(self) -> dict[str, object]: ...
+    def load_state(
+        self,
+        max_samples_per_label: int | None,
+        dim: int | None,
+        labels: list[str],
+        counts: npt.NDArray[np.int64],
+        data: npt.NDArray[np.float32],
+        window_rows: npt.NDArray[np.int64],
+    ) -> None: ...

@@ -1,0 +1,588 @@
+"""PrototypeManager: the design note's prototype system on the Rust core.
+
+A drop-in for the plain-Python ``PrototypeManager`` of the design note:
+the same constructor, attributes and methods, with the label store, k-means
+and nearest-prototype lookup done in Rust and the per-sample Python loop of
+``get_prototype_targets`` replaced by one gather on the device.
+
+Defaults reproduce the note (5 clusters, re-clustering every 100 batches once
+``num_clusters × min_samples_per_cluster`` unique labels were seen, k-means
+with 10 restarts on the per-label mean embeddings, prototype targets
+``softmax(prototype[cluster(label_i)] @ text_embeddings.T / temperature)``).
+What goes beyond the note is keyword-only and off by default or documented.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._core import LabelStore, ProtofastError, _int, _labels, kmeans, nearest_prototype
+
+__all__ = ["PrototypeManager"]
+
+logger = logging.getLogger("protofast")
+
+STATE_VERSION = 1
+Unseen = Literal["nearest", "one_hot"]
+Ingest = Literal["auto", "direct", "deferred"]
+
+
+def _check_embeddings(text_embeddings: Any, n: int) -> Tensor:
+    if not isinstance(text_embeddings, Tensor):
+        raise TypeError(
+            f"text_embeddings: expected a torch.Tensor, got {type(text_embeddings).__name__}"
+        )
+    if text_embeddings.dim() != 2:
+        raise ValueError(
+            f"text_embeddings: expected a 2-D (B, D) tensor, got shape "
+            f"{tuple(text_embeddings.shape)}"
+        )
+    if not text_embeddings.dtype.is_floating_point:
+        raise TypeError(f"text_embeddings: expected a float tensor, got {text_embeddings.dtype}")
+    if text_embeddings.shape[0] != n:
+        raise ValueError(
+            f"text_embeddings: expected {n} rows (one per label), got {text_embeddings.shape[0]}"
+        )
+    return text_embeddings
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> Tensor:
+    """Host array to ``device`` without a device synchronisation (pinned copy)."""
+    t = torch.from_numpy(array)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+class PrototypeManager:
+    """Accumulates label embeddings, clusters them into prototypes and turns
+    cluster membership into soft targets.
+
+    Args:
+        num_clusters: Number of prototypes (k-means clusters).
+        update_interval: Re-cluster every this many :meth:`add_labels` calls.
+        min_samples_per_cluster: Clustering waits until at least
+            ``num_clusters × min_samples_per_cluster`` unique labels were seen.
+        device: Where prototypes live; ``None``: the device of the first
+            embeddings given to :meth:`add_labels`.
+        seed: Seed of the clustering; update ``u`` uses ``seed + u`` so that
+            a resumed run re-clusters exactly like an uninterrupted one.
+        n_init: k-means restarts per update.
+        max_iter: k-means iterations per restart.
+        tol: k-means tolerance (scikit-learn's relative rule).
+        spherical: Cluster with cosine k-means (unit-norm prototypes), and
+            assign unseen labels by cosine similarity. Off: the note's
+            Euclidean k-means.
+        max_samples_per_label: ``None``: each label's statistic is the mean of
+            all its samples; ``N``: the mean of its last N samples (the note
+            sizes memory for 10). Window mode copies each batch to the host.
+        unseen: For labels not seen at the last clustering: ``"nearest"``
+            takes the prototype nearest to the label's embedding; ``"one_hot"``
+            gives the sample a one-hot (hard) target row.
+        ingest: ``"direct"``: each batch goes to the Rust store at once (a
+            host copy); ``"deferred"``: per-label sums and counts accumulate on
+            the embeddings' device and reach the store at re-clustering, so
+            steps that do not re-cluster never synchronise with the device;
+            ``"auto"``: deferred on CUDA in running-mean mode, else direct.
+
+    Raises:
+        TypeError: An argument has the wrong type.
+        ValueError: An argument has an invalid value.
+    """
+
+    def __init__(
+        self,
+        num_clusters: int = 5,
+        update_interval: int = 100,
+        min_samples_per_cluster: int = 3,
+        device: str | torch.device | None = None,
+        *,
+        seed: int = 42,
+        n_init: int = 10,
+        max_iter: int = 300,
+        tol: float = 1e-4,
+        spherical: bool = False,
+        max_samples_per_label: int | None = None,
+        unseen: Unseen = "nearest",
+        ingest: Ingest = "auto",
+    ) -> None:
+        self.num_clusters = _int("num_clusters", num_clusters, 1)
+        self.update_interval = _int("update_interval", update_interval, 1)
+        self.min_samples_per_cluster = _int("min_samples_per_cluster", min_samples_per_cluster, 1)
+        self.seed = _int("seed", seed, 0, 2**63 - 1)
+        self.n_init = _int("n_init", n_init, 1)
+        self.max_iter = _int("max_iter", max_iter, 1)
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or tol < 0:
+            raise ValueError(f"tol: expected a float >= 0, got {tol!r}")
+        self.tol = float(tol)
+        if not isinstance(spherical, bool):
+            raise TypeError(f"spherical: expected a bool, got {type(spherical).__name__}")
+        self.spherical = spherical
+        if unseen not in ("nearest", "one_hot"):
+            raise ValueError(f"unseen: expected 'nearest' or 'one_hot', got {unseen!r}")
+        self.unseen: Unseen = unseen
+        if ingest not in ("auto", "direct", "deferred"):
+            raise ValueError(f"ingest: expected 'auto', 'direct' or 'deferred', got {ingest!r}")
+        if ingest == "deferred" and max_samples_per_label is not None:
+            raise ValueError(
+                "ingest: 'deferred' needs the running mean (max_samples_per_label=None)"
+            )
+        self.ingest: Ingest = ingest
+        self.device = None if device is None else torch.device(device)
+        self.store = LabelStore(max_samples_per_label)
+
+        self.prototypes: Tensor | None = None
+        self.label_to_cluster: dict[str, int] = {}
+        self.cluster_labels: dict[int, list[str]] = {}
+        self.num_updates = 0
+        self.num_labels_seen = 0
+        self.is_initialized = False
+        self.num_batches = 0
+        self._cluster_of_id = np.zeros(0, dtype=np.int64)
+        self._pending_sum: Tensor | None = None
+        self._pending_count: Tensor | None = None
+        self._warned_not_ready = False
+
+    # ------------------------------------------------------------------ ingest
+    @property
+    def min_unique_labels(self) -> int:
+        """Unique labels needed before the first clustering."""
+        return self.num_clusters * self.min_samples_per_cluster
+
+    def _deferred(self, device: torch.device) -> bool:
+        if self.ingest == "auto":
+            return device.type == "cuda" and self.store.max_samples_per_label is None
+        return self.ingest == "deferred"
+
+    def add_labels(self, label_texts: Sequence[str], text_embeddings: Tensor) -> None:
+        """Adds a batch of label embeddings and counts the call.
+
+        Every ``update_interval`` calls it re-clusters, once enough unique
+        labels were seen; until then it logs once why prototypes are not ready.
+
+        Args:
+            label_texts: ``B`` label strings.
+            text_embeddings: ``(B, D)`` embeddings of those labels (any float
+                dtype and device; gradients are not tracked).
+
+        Raises:
+            TypeError: Wrong argument types.
+            ValueError: Length or dimension mismatch, or non-finite values
+                (the store and the call counter are then unchanged).
+        """
+        labels = _labels(label_texts, "label_texts")
+        emb = _check_embeddings(text_embeddings, len(labels)).detach()
+        if self.device is None:
+            self.device = emb.device
+        if self._deferred(emb.device):
+            self._accumulate(labels, emb)
+        else:
+            self.store.add(labels, emb)
+        self.num_batches += 1
+        if self.num_batches % self.update_interval == 0:
+            if len(self.store) >= self.min_unique_labels:
+                self.update_prototypes()
+            elif not self._warned_not_ready:
+                self._warned_not_ready = True
+                logger.info(
+                    "[PrototypeManager] Prototypes not ready: %d unique labels seen, "
+                    "clustering needs %d (num_clusters=%d x min_samples_per_cluster=%d)",
+                    len(self.store),
+                    self.min_unique_labels,
+                    self.num_clusters,
+                    self.min_samples_per_cluster,
+                )
+
+    def _accumulate(self, labels: list[str], emb: Tensor) -> None:
+        dim = self.store.dim
+        if dim is None and self._pending_sum is not None:
+            dim = self._pending_sum.shape[1]
+        if dim is not None and emb.shape[1] != dim:
+            raise ProtofastError(
+                f"embeddings: expected {dim} columns (the store's dimension), got {emb.shape[1]}"
+            )
+        # Checking values on a GPU would synchronise: there, a NaN is caught
+        # when the sums reach the store at the next re-clustering.
+        if emb.device.type == "cpu" and not bool(torch.isfinite(emb).all()):
+            raise ProtofastError("embeddings: contains a non-finite value (NaN or inf)")
+        ids = self.store.intern(labels)
+        n = len(self.store)
+        if self._pending_sum is None or self._pending_sum.shape[0] < n:
+            cap = max(n, 2 * (0 if self._pending_sum is None else self._pending_sum.shape[0]), 64)
+            new_sum = torch.zeros(cap, emb.shape[1], dtype=torch.float32, device=emb.device)
+            new_count = torch.zeros(cap, dtype=torch.float32, device=emb.device)
+            if self._pending_sum is not None:
+                old = self._pending_sum.shape[0]
+                new_sum[:old] = self._pending_sum
+                new_count[:old] = self._pending_count
+            self._pending_sum, self._pending_count = new_sum, new_count
+        idx = _to_device(ids, emb.device)
+        self._pending_sum.index_add_(0, idx, emb.float())
+        assert self._pending_count is not None
+        self._pending_count.index_add_(0, idx, torch.ones_like(idx, dtype=torch.float32))
+
+    def _flush(self) -> None:
+        """Moves device-side sums into the Rust store (synchronises)."""
+        if self._pending_sum is None:
+            return
+        n = len(self.store)
+        counts = self._pending_count[:n].cpu().numpy().astype(np.int64)
+        sums = self._pending_sum[:n].cpu().numpy()
+        ids = np.flatnonzero(counts)
+        if len(ids):
+            self.store.add_sums(ids, sums[ids], counts[ids])
+        self._pending_sum.zero_()
+        assert self._pending_count is not None
+        self._pending_count.zero_()
+
+    # -------------------------------------------------------------- clustering
+    def update_prototypes(self) -> bool:
+        """Re-clusters the per-label mean embeddings into prototypes.
+
+        Runs k-means (``n_init`` restarts, seed ``seed + num_updates``) on the
+        mean embedding of every label seen; prototypes are the cluster centres.
+        Fills ``label_to_cluster`` and ``cluster_labels``, increments
+        ``num_updates`` and logs the clusters.
+
+        Returns:
+            ``True`` if prototypes were updated, ``False`` if fewer than
+            ``num_clusters × min_samples_per_cluster`` unique labels were seen.
+        """
+        self._flush()
+        labels = self.store.labels()
+        if len(labels) < self.min_unique_labels:
+            logger.info(
+                "[PrototypeManager] Not enough unique labels for clustering: %d < %d",
+                len(labels),
+                self.min_unique_labels,
+            )
+            return False
+        means = self.store.means()
+        result = kmeans(
+            means,
+            self.num_clusters,
+            n_init=self.n_init,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            seed=self.seed + self.num_updates,
+            spherical=self.spherical,
+        )
+        device = self.device if self.device is not None else torch.device("cpu")
+        self.prototypes = torch.from_numpy(result.centroids).to(device)
+        self._cluster_of_id = result.labels.copy()
+        self.label_to_cluster = dict(zip(labels, result.labels.tolist(), strict=True))
+        self.cluster_labels = {c: [] for c in range(self.num_clusters)}
+        for label, c in self.label_to_cluster.items():
+            self.cluster_labels[c].append(label)
+        self.num_updates += 1
+        self.num_labels_seen = len(labels)
+        self.is_initialized = True
+        self._log_update(result.inertia)
+        return True
+
+    def _log_update(self, inertia: float) -> None:
+        lines = [
+            f"[PrototypeManager] Updated prototypes (update #{self.num_updates})",
+            f"  Total unique labels: {self.num_labels_seen}",
+            f"  Number of clusters: {self.num_clusters}",
+        ]
+        for c in range(self.num_clusters):
+            members = self.cluster_labels[c]
+            shown = repr(members[:5])[:-1] + (", ...]" if len(members) > 5 else "]")
+            lines.append(f"  Cluster {c} ({len(members)} labels): {shown}")
+        logger.info("\n".join(lines))
+        logger.debug("[PrototypeManager] k-means inertia %.6g", inertia)
+
+    # ----------------------------------------------------------------- targets
+    def _clusters(self, labels: list[str], emb: Tensor) -> tuple[Tensor, np.ndarray]:
+        """Cluster id of each sample on ``emb``'s device, and the host mask of
+        samples whose label was not seen at the last clustering."""
+        assert self.prototypes is not None
+        ids = self.store.lookup(labels)
+        known = (ids >= 0) & (ids < len(self._cluster_of_id))
+        clusters = np.where(known, self._cluster_of_id[np.where(known, ids, 0)], -1)
+        unseen = ~known
+        if unseen.any() and self.unseen == "nearest":
+            if emb.device.type == "cpu":
+                protos = self.prototypes.cpu()
+                found, _ = nearest_prototype(
+                    emb[torch.from_numpy(np.flatnonzero(unseen))],
+                    protos,
+                    metric="cosine" if self.spherical else "l2",
+                )
+                clusters[unseen] = found
+                return _to_device(clusters, emb.device), unseen
+            device_clusters = _to_device(clusters, emb.device)
+            nearest = self._nearest_on_device(emb)
+            return torch.where(device_clusters >= 0, device_clusters, nearest), unseen
+        return _to_device(clusters, emb.device), unseen
+
+    def _nearest_on_device(self, emb: Tensor) -> Tensor:
+        """Nearest prototype of each row of ``emb``, computed on its device."""
+        assert self.prototypes is not None
+        p = self.prototypes.to(emb.device, torch.float32)
+        e = emb.float()
+        if self.spherical:
+            return (torch.nn.functional.normalize(e, dim=1) @ p.T).argmax(1)
+        return (p.square().sum(1)[None, :] - 2.0 * (e @ p.T)).argmin(1)
+
+    def get_prototype_targets(
+        self, label_texts: Sequence[str], text_embeddings: Tensor, temperature: float = 0.5
+    ) -> Tensor:
+        """Prototype soft targets for a batch.
+
+        Row i is ``softmax(prototype[cluster(label_i)] @ text_embeddings.T /
+        temperature)``. A label not seen at the last clustering takes the
+        prototype nearest to its own embedding (``unseen="nearest"``) or a
+        one-hot row (``unseen="one_hot"``). Before the first clustering the
+        targets are the identity. No per-sample Python loop; on CUDA no
+        host-device synchronisation.
+
+        Args:
+            label_texts: ``B`` label strings.
+            text_embeddings: ``(B, D)`` text embeddings of the batch.
+            temperature: Softmax temperature (> 0).
+
+        Returns:
+            A ``(B, B)`` tensor on ``text_embeddings``' device whose rows sum
+            to 1, without gradient: float64 for float64 embeddings, else float32.
+
+        Raises:
+            TypeError: Wrong argument types.
+            ValueError: Length or dimension mismatch, or ``temperature <= 0``.
+        """
+        labels = _labels(label_texts, "label_texts")
+        emb = _check_embeddings(text_embeddings, len(labels)).detach()
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+            raise TypeError(f"temperature: expected a float, got {type(temperature).__name__}")
+        if not temperature > 0:
+            raise ValueError(f"temperature: must be > 0, got {temperature}")
+        b = len(labels)
+        if not self.is_initialized or self.prototypes is None:
+            return torch.eye(b, device=emb.device, dtype=torch.float32)
+        if emb.shape[1] != self.prototypes.shape[1]:
+            raise ValueError(
+                f"text_embeddings: expected {self.prototypes.shape[1]} columns "
+                f"(the prototypes' dimension), got {emb.shape[1]}"
+            )
+        with torch.no_grad():
+            clusters, unseen = self._clusters(labels, emb)
+            dtype = torch.promote_types(emb.dtype, torch.float32)
+            e = emb.to(dtype)
+            protos = self.prototypes.to(emb.device, dtype)
+            logits = (protos @ e.T) / temperature  # (k, B): k distinct rows
+            targets = torch.softmax(logits, dim=1).index_select(0, clusters.clamp_min(0))
+            if self.unseen == "one_hot" and unseen.any():
+                mask = _to_device(unseen, emb.device)
+                eye = torch.eye(b, device=emb.device, dtype=dtype)
+                targets = torch.where(mask[:, None], eye, targets)
+        return targets
+
+    def assign(self, label_texts: Sequence[str], text_embeddings: Tensor) -> Tensor:
+        """Cluster id of each sample (unseen labels: nearest prototype).
+
+        Args:
+            label_texts: ``B`` label strings.
+            text_embeddings: ``(B, D)`` their embeddings.
+
+        Returns:
+            ``(B,)`` int64 cluster ids on the embeddings' device; all -1 before
+            the first clustering.
+
+        Raises:
+            TypeError: Wrong argument types.
+            ValueError: Length mismatch.
+        """
+        labels = _labels(label_texts, "label_texts")
+        emb = _check_embeddings(text_embeddings, len(labels)).detach()
+        if not self.is_initialized:
+            return torch.full((len(labels),), -1, dtype=torch.int64, device=emb.device)
+        saved, self.unseen = self.unseen, "nearest"
+        try:
+            clusters, _ = self._clusters(labels, emb)
+        finally:
+            self.unseen = saved
+        return clusters
+
+    # ------------------------------------------------------------- inspection
+    def get_cluster_info(self, label: str) -> dict[str, Any] | None:
+        """The cluster of ``label`` at the last clustering.
+
+        Args:
+            label: A label string.
+
+        Returns:
+            ``{"cluster_id", "cluster_labels", "num_labels_in_cluster"}``, or
+            ``None`` if the label was not part of the last clustering.
+        """
+        cid = self.label_to_cluster.get(label)
+        if cid is None:
+            return None
+        members = list(self.cluster_labels[cid])
+        return {"cluster_id": cid, "cluster_labels": members, "num_labels_in_cluster": len(members)}
+
+    def get_statistics(self) -> dict[str, Any]:
+        """Counters in the note's terms, plus the store's memory.
+
+        Returns:
+            A dict with ``is_initialized``, ``num_unique_labels``,
+            ``num_labels_seen``, ``num_clusters``, ``num_updates``,
+            ``total_embeddings_accumulated``, ``num_batches``,
+            ``store_nbytes`` and ``cluster_sizes``.
+        """
+        total = int(self.store.counts().sum())
+        if self._pending_count is not None:
+            total += int(self._pending_count.sum().item())
+        return {
+            "is_initialized": self.is_initialized,
+            "num_unique_labels": len(self.store),
+            "num_labels_seen": self.num_labels_seen,
+            "num_clusters": self.num_clusters,
+            "num_updates": self.num_updates,
+            "total_embeddings_accumulated": total,
+            "num_batches": self.num_batches,
+            "store_nbytes": self.store.nbytes,
+            "cluster_sizes": [
+                len(self.cluster_labels.get(c, [])) for c in range(self.num_clusters)
+            ],
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"PrototypeManager(num_clusters={self.num_clusters}, "
+            f"update_interval={self.update_interval}, labels={len(self.store)}, "
+            f"num_updates={self.num_updates})"
+        )
+
+    # ------------------------------------------------------------ checkpoints
+    def _config(self) -> dict[str, Any]:
+        return {
+            "num_clusters": self.num_clusters,
+            "update_interval": self.update_interval,
+            "min_samples_per_cluster": self.min_samples_per_cluster,
+            "seed": self.seed,
+            "n_init": self.n_init,
+            "max_iter": self.max_iter,
+            "tol": self.tol,
+            "spherical": self.spherical,
+            "max_samples_per_label": self.store.max_samples_per_label,
+            "unseen": self.unseen,
+            "ingest": self.ingest,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole state: configuration, store, pending sums, prototypes,
+        mappings and counters, as tensors and plain Python values only (loads
+        with ``torch.load(..., weights_only=True)``).
+
+        Returns:
+            The state dict.
+        """
+        store = self.store.state()
+        pending = None
+        if self._pending_sum is not None:
+            assert self._pending_count is not None
+            pending = {"sum": self._pending_sum.cpu(), "count": self._pending_count.cpu()}
+        return {
+            "version": STATE_VERSION,
+            "config": self._config(),
+            "store": {
+                "max_samples_per_label": store["max_samples_per_label"],
+                "dim": store["dim"],
+                "labels": list(store["labels"]),
+                "counts": torch.from_numpy(store["counts"]),
+                "data": torch.from_numpy(store["data"]),
+                "window_rows": torch.from_numpy(store["window_rows"]),
+            },
+            "pending": pending,
+            "prototypes": None if self.prototypes is None else self.prototypes.detach().cpu(),
+            "cluster_of_id": torch.from_numpy(self._cluster_of_id.copy()),
+            "counters": {
+                "num_batches": self.num_batches,
+                "num_updates": self.num_updates,
+                "num_labels_seen": self.num_labels_seen,
+                "is_initialized": self.is_initialized,
+                "warned_not_ready": self._warned_not_ready,
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores a :meth:`state_dict`, configuration included, so that the
+        run continues exactly as the one that saved it.
+
+        Args:
+            state: A dict from :meth:`state_dict`.
+
+        Raises:
+            ValueError: Unknown version or an inconsistent state (the manager
+                is then unchanged).
+            KeyError: A key is missing.
+        """
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"state: unsupported version {state.get('version')!r}")
+        fresh = PrototypeManager(device=self.device, **state["config"])
+        fresh.store = LabelStore.from_state(state["store"])
+        cluster_of_id = state["cluster_of_id"].cpu().numpy().astype(np.int64)
+        labels = fresh.store.labels()
+        counters = state["counters"]
+        if len(cluster_of_id) > len(labels):
+            raise ValueError("state: more cluster assignments than labels")
+        protos = state["prototypes"]
+        if counters["is_initialized"]:
+            if protos is None or protos.shape[0] != fresh.num_clusters:
+                raise ValueError("state: prototypes missing or of the wrong shape")
+            device = self.device if self.device is not None else torch.device("cpu")
+            fresh.prototypes = protos.to(device)
+        pending = state["pending"]
+        if pending is not None:
+            device = self.device if self.device is not None else torch.device("cpu")
+            fresh._pending_sum = pending["sum"].to(device)
+            fresh._pending_count = pending["count"].to(device)
+        fresh._cluster_of_id = cluster_of_id
+        seen = labels[: len(cluster_of_id)]
+        fresh.label_to_cluster = dict(zip(seen, cluster_of_id.tolist(), strict=True))
+        fresh.cluster_labels = (
+            {c: [] for c in range(fresh.num_clusters)} if counters["is_initialized"] else {}
+        )
+        for label, c in fresh.label_to_cluster.items():
+            fresh.cluster_labels[c].append(label)
+        fresh.num_batches = int(counters["num_batches"])
+        fresh.num_updates = int(counters["num_updates"])
+        fresh.num_labels_seen = int(counters["num_labels_seen"])
+        fresh.is_initialized = bool(counters["is_initialized"])
+        fresh._warned_not_ready = bool(counters["warned_not_ready"])
+        self.__dict__.update(fresh.__dict__)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Saves :meth:`state_dict` with ``torch.save``.
+
+        Args:
+            path: Destination file.
+        """
+        torch.save(self.state_dict(), path)
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str], device: str | torch.device | None = None
+    ) -> PrototypeManager:
+        """Loads a manager saved with :meth:`save`. Never unpickles arbitrary
+        objects (``torch.load(..., weights_only=True)``).
+
+        Args:
+            path: A file written by :meth:`save`.
+            device: Where to put the prototypes (default: CPU).
+
+        Returns:
+            The restored manager.
+        """
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        manager = cls(device=device)
+        manager.load_state_dict(state)
+        return manager
