@@ -1,0 +1,283 @@
+"""Pure target-construction functions used by :class:`protofast.loss.InfoNCELoss`.
+
+Every function here is stateless: it reads its arguments and returns a new tensor. None of them
+wraps its work in ``torch.no_grad()``; callers that want targets without a gradient (the loss
+does) must detach or run them under ``no_grad`` themselves.
+
+Target matrices are ``B x B`` and row-stochastic: row ``i`` is the distribution over the batch
+columns that sample ``i`` should match.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "LabelIndex",
+    "index_labels",
+    "hard_targets",
+    "pairwise_targets",
+    "pairwise_targets_from_similarity",
+    "blend_targets",
+]
+
+
+class LabelIndex(NamedTuple):
+    """Unique labels of a batch, in order of first appearance.
+
+    Attributes:
+        labels: The ``L`` distinct labels.
+        inverse: For each of the ``B`` samples, the index of its label in ``labels``.
+        counts: For each distinct label, how many samples carry it.
+        first: For each distinct label, the index of the first sample that carries it.
+    """
+
+    labels: list[str]
+    inverse: list[int]
+    counts: list[int]
+    first: list[int]
+
+
+def index_labels(label_texts: Sequence[str]) -> LabelIndex:
+    """Group a batch's labels with a Python dict (no tensor operations).
+
+    Args:
+        label_texts: One label per sample.
+
+    Returns:
+        A :class:`LabelIndex` with the distinct labels in order of first appearance.
+
+    Raises:
+        TypeError: If ``label_texts`` is a bare string or an element is not a string.
+    """
+    if isinstance(label_texts, str | bytes):
+        raise TypeError("label_texts must be a sequence of strings, not a single string")
+    position: dict[str, int] = {}
+    labels: list[str] = []
+    inverse: list[int] = []
+    counts: list[int] = []
+    first: list[int] = []
+    for i, label in enumerate(label_texts):
+        if not isinstance(label, str):
+            raise TypeError(f"label_texts[{i}] must be a str, got {type(label).__name__}")
+        j = position.get(label)
+        if j is None:
+            j = len(labels)
+            position[label] = j
+            labels.append(label)
+            counts.append(0)
+            first.append(i)
+        counts[j] += 1
+        inverse.append(j)
+    return LabelIndex(labels, inverse, counts, first)
+
+
+def _check_temperature(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0.0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return value
+
+
+def _check_weight(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a real number in [0, 1], got {type(value).__name__}")
+    value = float(value)
+    if not 0.0 <= value <= 1.0:  # also rejects NaN
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return value
+
+
+def hard_targets(
+    batch_size: int,
+    label_ids: Tensor | None = None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Hard (one-hot or same-label) targets.
+
+    Args:
+        batch_size: ``B``, the number of samples.
+        label_ids: Optional ``(B,)`` integer tensor of label ids. ``None`` gives the identity
+            (sample ``i``'s only positive is column ``i``). Otherwise every column with the same
+            id as row ``i`` is a positive and row ``i``'s mass is spread evenly over them.
+        device: Device of the result when ``label_ids`` is ``None`` (otherwise its device).
+        dtype: Floating dtype of the result.
+
+    Returns:
+        A ``B x B`` row-stochastic tensor.
+
+    Raises:
+        ValueError: If ``batch_size < 1`` or ``label_ids`` is not a ``(B,)`` tensor.
+        TypeError: If ``label_ids`` is not an integer tensor.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if label_ids is None:
+        return torch.eye(batch_size, device=device, dtype=dtype)
+    if not isinstance(label_ids, Tensor) or label_ids.dtype.is_floating_point:
+        raise TypeError("label_ids must be an integer tensor")
+    if label_ids.shape != (batch_size,):
+        raise ValueError(f"label_ids must have shape ({batch_size},), got {tuple(label_ids.shape)}")
+    same = (label_ids[:, None] == label_ids[None, :]).to(dtype)
+    return same / same.sum(dim=1, keepdim=True)
+
+
+def pairwise_targets_from_similarity(
+    similarity: Tensor,
+    temperature: float,
+    *,
+    label_ids: Tensor | None = None,
+    label_counts: Tensor | None = None,
+) -> Tensor:
+    """Pairwise soft targets from a precomputed similarity matrix.
+
+    Without ``label_ids``, ``similarity`` is the ``B x B`` matrix of sample similarities and the
+    result is ``softmax(similarity / temperature, dim=1)``.
+
+    With ``label_ids``, ``similarity`` is the ``L x L`` matrix between the ``L`` distinct labels
+    and sample ``i`` carries label ``label_ids[i]``. The result is exactly what the ``B x B`` path
+    gives on the expanded matrix ``similarity[label_ids][:, label_ids]``: the row softmax over
+    ``B`` columns equals a softmax over the ``L`` label columns with ``log(count)`` added to the
+    logits, whose mass is then spread evenly over each label's ``count`` columns.
+
+    Args:
+        similarity: ``B x B`` (or ``L x L`` with ``label_ids``) floating tensor.
+        temperature: Softmax temperature, ``> 0``.
+        label_ids: Optional ``(B,)`` integer tensor of indices into the rows of ``similarity``.
+            Values are not bounds-checked (that would need a device sync).
+        label_counts: Optional ``(L,)`` tensor, the number of samples per label. Computed from
+            ``label_ids`` when omitted.
+
+    Returns:
+        A ``B x B`` row-stochastic tensor with the dtype of ``similarity``.
+
+    Raises:
+        ValueError: On a non-square ``similarity``, a bad ``temperature`` or mismatched shapes.
+        TypeError: If ``label_ids`` is not an integer tensor.
+    """
+    temperature = _check_temperature("temperature", temperature)
+    if similarity.dim() != 2 or similarity.shape[0] != similarity.shape[1]:
+        raise ValueError(f"similarity must be square, got shape {tuple(similarity.shape)}")
+    logits = similarity / temperature
+    if label_ids is None:
+        return torch.softmax(logits, dim=1)
+    if not isinstance(label_ids, Tensor) or label_ids.dtype.is_floating_point:
+        raise TypeError("label_ids must be an integer tensor")
+    if label_ids.dim() != 1:
+        raise ValueError(f"label_ids must be 1-D, got shape {tuple(label_ids.shape)}")
+    n_labels = similarity.shape[0]
+    if label_counts is None:
+        label_counts = torch.zeros(n_labels, device=similarity.device, dtype=similarity.dtype)
+        label_counts.index_add_(0, label_ids, torch.ones_like(label_ids, dtype=similarity.dtype))
+    elif label_counts.shape != (n_labels,):
+        raise ValueError(
+            f"label_counts must have shape ({n_labels},), got {tuple(label_counts.shape)}"
+        )
+    counts = label_counts.to(device=similarity.device, dtype=similarity.dtype)
+    per_label = torch.softmax(logits + counts.log()[None, :], dim=1)
+    per_column = per_label / counts.clamp_min(1.0)[None, :]
+    # two row/column gathers are much faster on CPU than one 2-D advanced index
+    return per_column.index_select(1, label_ids).index_select(0, label_ids)
+
+
+def pairwise_targets(
+    embeddings: Tensor,
+    temperature: float,
+    *,
+    label_ids: Tensor | None = None,
+    label_counts: Tensor | None = None,
+) -> Tensor:
+    """Pairwise soft targets ``softmax(E @ E.T / temperature, dim=1)``.
+
+    Args:
+        embeddings: ``B x D`` label (text) embeddings, one per sample; or, with ``label_ids``,
+            ``L x D`` embeddings, one per distinct label.
+        temperature: Softmax temperature, ``> 0``.
+        label_ids: Optional ``(B,)`` integer tensor mapping each sample to a row of
+            ``embeddings`` (the deduplicated path, ``O(L^2 D)`` instead of ``O(B^2 D)``).
+        label_counts: Optional ``(L,)`` sample counts per label; computed when omitted.
+
+    Returns:
+        A ``B x B`` row-stochastic tensor.
+
+    Raises:
+        ValueError: If ``embeddings`` is not 2-D or another argument is invalid.
+        TypeError: If ``label_ids`` is not an integer tensor.
+    """
+    if embeddings.dim() != 2:
+        raise ValueError(f"embeddings must be 2-D, got shape {tuple(embeddings.shape)}")
+    return pairwise_targets_from_similarity(
+        embeddings @ embeddings.T,
+        temperature,
+        label_ids=label_ids,
+        label_counts=label_counts,
+    )
+
+
+def blend_targets(
+    hard: Tensor | None,
+    pairwise: Tensor | None = None,
+    prototype: Tensor | None = None,
+    *,
+    soft_target_weight: float = 0.5,
+    prototype_weight: float = 0.5,
+) -> Tensor:
+    """Blend hard, pairwise and prototype targets as in the design note.
+
+    ``soft = pairwise`` | ``prototype`` | ``(1 - prototype_weight) * pairwise +
+    prototype_weight * prototype`` (whichever are given), then
+    ``(1 - soft_target_weight) * hard + soft_target_weight * soft``. With neither soft matrix the
+    result is ``hard`` itself. The inputs are never modified.
+
+    Args:
+        hard: ``B x B`` hard targets, or ``None`` for the identity (cheaper than passing
+            ``torch.eye``; needs at least one soft matrix to know ``B``).
+        pairwise: Optional ``B x B`` pairwise soft targets.
+        prototype: Optional ``B x B`` prototype soft targets.
+        soft_target_weight: Weight of the soft part, in ``[0, 1]``.
+        prototype_weight: Share of the prototype targets in the hybrid blend, in ``[0, 1]``.
+
+    Returns:
+        The ``B x B`` blended targets (row-stochastic when the inputs are).
+
+    Raises:
+        ValueError: If a weight is outside ``[0, 1]``, the shapes differ or are not square, or
+            ``hard`` is ``None`` without a soft matrix.
+    """
+    soft_target_weight = _check_weight("soft_target_weight", soft_target_weight)
+    prototype_weight = _check_weight("prototype_weight", prototype_weight)
+    named = (("hard", hard), ("pairwise", pairwise), ("prototype", prototype))
+    given = [(name, matrix) for name, matrix in named if matrix is not None]
+    if not given:
+        raise ValueError("blend_targets needs hard targets or at least one soft matrix")
+    shape = given[0][1].shape
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"{given[0][0]} targets must be square, got shape {tuple(shape)}")
+    for name, matrix in given[1:]:
+        if matrix.shape != shape:
+            raise ValueError(
+                f"{name} targets have shape {tuple(matrix.shape)}, expected {tuple(shape)}"
+            )
+    if pairwise is not None and prototype is not None:
+        soft = torch.lerp(pairwise, prototype, prototype_weight)
+    elif pairwise is not None:
+        soft = pairwise
+    elif prototype is not None:
+        soft = prototype
+    else:
+        assert hard is not None
+        return hard
+    if hard is not None:
+        return torch.lerp(hard, soft, soft_target_weight)
+    out = soft * soft_target_weight
+    out.diagonal().add_(1.0 - soft_target_weight)
+    return out
