@@ -144,14 +144,24 @@ pub fn kmeans(x: &[f32], n: usize, d: usize, params: &KMeansParams) -> Result<KM
         let init = match (&params.init, &given) {
             (_, Some(c)) => c.clone(),
             (Init::Random, _) => random_init(x, n, d, k, &mut rng),
-            _ => kmeans_plus_plus(x, &x_norms, n, d, k, &mut rng),
+            _ => kmeans_plus_plus(x, &x_norms, n, d, k, &mut rng, true),
         };
-        let run = lloyd(x, &x_norms, n, d, init, params.max_iter, tol, params.spherical);
+        let run = lloyd(
+            x,
+            &x_norms,
+            n,
+            d,
+            init,
+            params.max_iter,
+            tol,
+            params.spherical,
+            true,
+        );
         if best.as_ref().is_none_or(|b| run.inertia < b.inertia) {
             best = Some(run);
         }
     }
-    Ok(best.expect("at least one run"))
+    best.ok_or_else(|| Error::invalid("n_init", "must be at least 1"))
 }
 
 /// Mean over features of the per-feature variance (f64, fixed order).
@@ -213,8 +223,66 @@ fn sample_index(weights: &[f32], sums: &[f64], r: f64) -> usize {
     weights.iter().rposition(|&w| w > 0.0).unwrap_or(0)
 }
 
+/// Relative bound on the error of a distance computed by expansion,
+/// `‖x‖² − 2x·c + ‖c‖²` in f32 with a d ≤ ~4000 dot product: the computed
+/// value is within `DIST_REL_ERR × (‖x‖² + ‖c‖²)` of the true squared
+/// distance (the dot product's worst-case error is `d·2⁻²⁴·‖x‖‖c‖`, 2.3e-5
+/// of `‖x‖‖c‖` at d = 384; this leaves ≥ 4× headroom at d = 384).
+const DIST_REL_ERR: f64 = 1e-4;
+
+/// Whether no point of a block can get closer to any candidate than to its
+/// current centre, proved by the triangle inequality with a margin for the
+/// rounding error of the computed distances. When it holds, the unpruned
+/// computation would leave every `min(closest, dist)` of the block equal to
+/// `closest`, so the block can be skipped without changing any result.
+#[allow(clippy::too_many_arguments)]
+fn block_prunable(
+    closest: &[f32],
+    assign: &[u32],
+    norms: &[f32],
+    center_norms: &[f32],
+    cand_norms: &[f32],
+    cc: &[f32],
+    centers: usize,
+) -> bool {
+    let trials = cand_norms.len();
+    closest
+        .iter()
+        .zip(assign)
+        .zip(norms)
+        .all(|((&c, &a), &xn)| {
+            let (c, xn, an) = (c as f64, xn as f64, center_norms[a as usize] as f64);
+            // ‖x − a‖ (true) is at most this.
+            let up = (c + DIST_REL_ERR * (xn + an)).sqrt();
+            (0..trials).all(|t| {
+                let cn = cand_norms[t] as f64;
+                // ‖cand − a‖ (true) is at least this (cc was computed like
+                // any other distance, so it carries the same error bound).
+                let cc2 = cc[t * centers + a as usize] as f64 - DIST_REL_ERR * (cn + an);
+                let lo_tri = cc2.max(0.0).sqrt() - up;
+                // | ‖x‖ − ‖cand‖ | with the norms' own rounding.
+                let (xl, xh) = ((xn * (1.0 - 1e-6)).sqrt(), (xn * (1.0 + 1e-6)).sqrt());
+                let (cl, ch) = ((cn * (1.0 - 1e-6)).sqrt(), (cn * (1.0 + 1e-6)).sqrt());
+                let lo_norm = (xl - ch).max(cl - xh);
+                let lo = lo_tri.max(lo_norm);
+                lo > 0.0 && lo * lo * (1.0 - 1e-9) >= c + DIST_REL_ERR * (xn + cn)
+            })
+        })
+}
+
+/// Blocks skipped by k-means++ pruning (tests only).
+#[cfg(test)]
+static SKIPPED_BLOCKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Greedy k-means++ (Arthur & Vassilvitskii, with scikit-learn's
 /// 2 + ⌊ln k⌋ local trials per centre).
+///
+/// Per centre: one pass over the data computes every candidate's squared
+/// distances by blocks (a `rows × trials` GEMM per block) and the
+/// candidates' potentials per block; a second pass folds the chosen
+/// candidate into `closest`. Blocks that the triangle inequality proves
+/// unaffected by every candidate are skipped (`prune`); this never changes
+/// the result (see [`block_prunable`]).
 fn kmeans_plus_plus(
     x: &[f32],
     x_norms: &[f32],
@@ -222,13 +290,17 @@ fn kmeans_plus_plus(
     d: usize,
     k: usize,
     rng: &mut Rng,
+    prune: bool,
 ) -> Vec<f32> {
     let trials = 2 + (k as f64).ln().floor() as usize;
     let mut centers = Vec::with_capacity(k * d);
+    let mut center_norms = Vec::with_capacity(k);
     let first = rng.below(n);
     centers.extend_from_slice(&x[first * d..(first + 1) * d]);
+    center_norms.push(x_norms[first]);
     let mut closest = vec![0f32; n];
-    let mut unused = vec![0u32; n];
+    // The index of a centre at distance `closest` (for the bounds).
+    let mut assign = vec![0u32; n];
     nearest(
         x,
         x_norms,
@@ -236,16 +308,20 @@ fn kmeans_plus_plus(
         &x_norms[first..first + 1],
         d,
         Metric::L2,
-        &mut unused,
+        &mut assign,
         &mut closest,
     );
     closest[first] = 0.0;
     let mut sums = block_sums(&closest);
+    let n_blocks = sums.len();
     let mut dist = vec![0f32; n * trials];
     let mut cand = vec![0f32; trials * d];
     let mut cand_norms = vec![0f32; trials];
     let mut cand_idx = vec![0usize; trials];
-    for _ in 1..k {
+    let mut cc = Vec::new();
+    let mut has_cand = vec![false; n_blocks];
+    let mut computed = vec![true; n_blocks];
+    for step in 1..k {
         let pot: f64 = sums.iter().sum();
         for t in 0..trials {
             let i = if pot > 0.0 {
@@ -257,59 +333,220 @@ fn kmeans_plus_plus(
             cand[t * d..(t + 1) * d].copy_from_slice(&x[i * d..(i + 1) * d]);
             cand_norms[t] = x_norms[i];
         }
-        // dist (n×trials): squared distance of every point to every candidate.
-        x.par_chunks(ROW_BLOCK * d)
-            .zip(dist.par_chunks_mut(ROW_BLOCK * trials))
-            .enumerate()
-            .for_each(|(b, (xb, db))| {
-                let rows = db.len() / trials;
-                crate::linalg::dot_nt(xb, rows, &cand, trials, d, db);
-                for r in 0..rows {
-                    let xn = x_norms[b * ROW_BLOCK + r];
-                    for t in 0..trials {
-                        let v = &mut db[r * trials + t];
-                        *v = (xn - 2.0 * *v + cand_norms[t]).max(0.0);
-                    }
+        if prune {
+            // Squared candidate–centre distances, computed like all others.
+            cc.resize(trials * step, 0.0);
+            crate::linalg::dot_nt(&cand, trials, &centers, step, d, &mut cc);
+            for t in 0..trials {
+                for (j, v) in cc[t * step..(t + 1) * step].iter_mut().enumerate() {
+                    *v = (cand_norms[t] - 2.0 * *v + center_norms[j]).max(0.0);
                 }
-            });
-        for (t, &i) in cand_idx.iter().enumerate() {
-            dist[i * trials + t] = 0.0;
+            }
         }
-        // Potential of each candidate: per block, then over blocks in order.
-        let block_pots: Vec<Vec<f64>> = closest
-            .par_chunks(ROW_BLOCK)
-            .zip(dist.par_chunks(ROW_BLOCK * trials))
-            .map(|(cb, db)| {
+        has_cand.iter_mut().for_each(|h| *h = false);
+        for &i in &cand_idx {
+            has_cand[i / ROW_BLOCK] = true;
+        }
+        // Pass 1: per block, the candidates' squared distances (kept for
+        // pass 2) and the candidates' potentials.
+        let (cc_ref, cand_ref, cn_ref, cnorm_ref) = (&cc, &cand, &cand_norms, &center_norms);
+        let (cidx, hc) = (&cand_idx, &has_cand);
+        let block_pots: Vec<(bool, Vec<f64>)> = x
+            .par_chunks(ROW_BLOCK * d)
+            .zip(dist.par_chunks_mut(ROW_BLOCK * trials))
+            .zip(closest.par_chunks(ROW_BLOCK))
+            .zip(assign.par_chunks(ROW_BLOCK))
+            .enumerate()
+            .map(|(b, (((xb, db), cb), ab))| {
+                let rows = cb.len();
+                let base = b * ROW_BLOCK;
+                let nb = &x_norms[base..base + rows];
                 let mut p = vec![0f64; trials];
-                for (r, &c) in cb.iter().enumerate() {
+                if prune && !hc[b] && block_prunable(cb, ab, nb, cnorm_ref, cn_ref, cc_ref, step) {
+                    for &c in cb {
+                        for v in p.iter_mut() {
+                            *v += c as f64;
+                        }
+                    }
+                    #[cfg(test)]
+                    SKIPPED_BLOCKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return (false, p);
+                }
+                crate::linalg::dot_nt(xb, rows, cand_ref, trials, d, db);
+                for r in 0..rows {
+                    let (xn, c) = (nb[r], cb[r]);
+                    let dr = &mut db[r * trials..(r + 1) * trials];
                     for t in 0..trials {
-                        p[t] += c.min(db[r * trials + t]) as f64;
+                        let v = if base + r == cidx[t] {
+                            0.0
+                        } else {
+                            (xn - 2.0 * dr[t] + cn_ref[t]).max(0.0)
+                        };
+                        dr[t] = v;
+                        p[t] += c.min(v) as f64;
                     }
                 }
-                p
+                (true, p)
             })
             .collect();
         let mut best = 0;
         let mut best_pot = f64::INFINITY;
         for t in 0..trials {
-            let p: f64 = block_pots.iter().map(|b| b[t]).sum();
+            let p: f64 = block_pots.iter().map(|b| b.1[t]).sum();
             if p < best_pot {
                 best_pot = p;
                 best = t;
             }
         }
+        for (c, bp) in computed.iter_mut().zip(&block_pots) {
+            *c = bp.0;
+        }
+        // Pass 2: fold the chosen candidate into `closest` (computed blocks
+        // only: a skipped block is unchanged) and refresh the block sums.
+        let comp = &computed;
         closest
-            .par_iter_mut()
+            .par_chunks_mut(ROW_BLOCK)
+            .zip(assign.par_chunks_mut(ROW_BLOCK))
+            .zip(dist.par_chunks(ROW_BLOCK * trials))
+            .zip(sums.par_iter_mut())
             .enumerate()
-            .for_each(|(i, c)| *c = c.min(dist[i * trials + best]));
-        sums = block_sums(&closest);
+            .for_each(|(b, (((cb, ab), db), s))| {
+                if !comp[b] {
+                    return;
+                }
+                for (r, (c, a)) in cb.iter_mut().zip(ab.iter_mut()).enumerate() {
+                    let v = db[r * trials + best];
+                    if v < *c {
+                        *c = v;
+                        *a = step as u32;
+                    }
+                }
+                *s = cb.iter().map(|&t| t as f64).sum();
+            });
         centers.extend_from_slice(&cand[best * d..(best + 1) * d]);
+        center_norms.push(cand_norms[best]);
     }
     centers
 }
 
+/// Hamerly bounds of each point: `upper` ≥ its (true) distance to its
+/// centroid, `lower` ≤ its distance to every other centroid.
+struct Bounds {
+    upper: Vec<f32>,
+    lower: Vec<f32>,
+}
+
+/// The assignment step with Hamerly's bounds (exact: a point is skipped only
+/// when its bounds prove that its label cannot change, with a margin for the
+/// rounding of the computed distances). Rows not skipped are recomputed
+/// against all centroids by a GEMM per fixed block (all rows of the block
+/// when `all`). `dists` gets the squared distance of recomputed rows.
+/// Returns the number of rows recomputed.
+#[allow(clippy::too_many_arguments)]
+fn assign_bounded(
+    x: &[f32],
+    x_norms: &[f32],
+    c: &[f32],
+    c_norms: &[f32],
+    half_sep: &[f32],
+    d: usize,
+    all: bool,
+    labels: &mut [u32],
+    dists: &mut [f32],
+    bounds: &mut Bounds,
+) -> usize {
+    let k = c_norms.len();
+    let c_max = c_norms.iter().fold(0f32, |a, &b| a.max(b)) as f64;
+    let parts: Vec<usize> = x
+        .par_chunks(ROW_BLOCK * d)
+        .zip(labels.par_chunks_mut(ROW_BLOCK))
+        .zip(dists.par_chunks_mut(ROW_BLOCK))
+        .zip(bounds.upper.par_chunks_mut(ROW_BLOCK))
+        .zip(bounds.lower.par_chunks_mut(ROW_BLOCK))
+        .enumerate()
+        .map_init(
+            || (Vec::new(), Vec::new(), Vec::new()),
+            |(rows_buf, gathered, dots), (b, ((((xb, lb), db), ub), lwb))| {
+                let rows = lb.len();
+                rows_buf.clear();
+                rows_buf.extend(
+                    (0..rows).filter(|&r| all || ub[r] > lwb[r].max(half_sep[lb[r] as usize])),
+                );
+                let m = rows_buf.len();
+                if m == 0 {
+                    return 0;
+                }
+                let src: &[f32] = if m == rows {
+                    xb
+                } else {
+                    gathered.clear();
+                    for &r in rows_buf.iter() {
+                        gathered.extend_from_slice(&xb[r * d..(r + 1) * d]);
+                    }
+                    gathered
+                };
+                dots.resize(m * k, 0.0);
+                crate::linalg::dot_nt(src, m, c, k, d, dots);
+                for (g, &r) in rows_buf.iter().enumerate() {
+                    let row = &dots[g * k..(g + 1) * k];
+                    let (mut best, mut b1, mut b2) = (0usize, f32::INFINITY, f32::INFINITY);
+                    for (j, (&cn, &dot)) in c_norms.iter().zip(row).enumerate() {
+                        let v = cn - 2.0 * dot;
+                        if v < b1 {
+                            b2 = b1;
+                            b1 = v;
+                            best = j;
+                        } else if v < b2 {
+                            b2 = v;
+                        }
+                    }
+                    let xn = x_norms[b * ROW_BLOCK + r];
+                    let e = DIST_REL_ERR * (xn as f64 + c_max);
+                    let d1 = (xn + b1).max(0.0);
+                    lb[r] = best as u32;
+                    db[r] = d1;
+                    ub[r] = ((d1 as f64 + e).sqrt() * (1.0 + 1e-6)) as f32;
+                    lwb[r] = if k > 1 {
+                        (((xn + b2) as f64 - e).max(0.0).sqrt() * (1.0 - 1e-6)) as f32
+                    } else {
+                        f32::INFINITY
+                    };
+                }
+                m
+            },
+        )
+        .collect();
+    parts.iter().sum()
+}
+
+/// Half the distance from each centroid to its nearest other centroid, a
+/// lower bound (computed distances less their rounding margin).
+fn half_separation(c: &[f32], c_norms: &[f32], d: usize) -> Vec<f32> {
+    let k = c_norms.len();
+    if k < 2 {
+        return vec![f32::INFINITY; k];
+    }
+    let mut cc = vec![0f32; k * k];
+    crate::linalg::dot_nt(c, k, c, k, d, &mut cc);
+    (0..k)
+        .map(|i| {
+            let mut m = f64::INFINITY;
+            for j in (0..k).filter(|&j| j != i) {
+                let v = (c_norms[i] + c_norms[j] - 2.0 * cc[i * k + j]) as f64
+                    - DIST_REL_ERR * (c_norms[i] as f64 + c_norms[j] as f64);
+                m = m.min(v);
+            }
+            (0.5 * m.max(0.0).sqrt() * (1.0 - 1e-6)) as f32
+        })
+        .collect()
+}
+
 /// Lloyd iterations from `centroids`; returns the run's result with labels
 /// and inertia taken against the returned centroids.
+///
+/// With `bounded`, the assignment step skips the points whose label
+/// Hamerly's bounds prove unchanged; the labels are those of the plain step
+/// (up to exact float ties), and so are the centroids.
 #[allow(clippy::too_many_arguments)]
 fn lloyd(
     x: &[f32],
@@ -320,35 +557,120 @@ fn lloyd(
     max_iter: usize,
     tol: f64,
     spherical: bool,
+    bounded: bool,
 ) -> KMeansResult {
     let k = centroids.len() / d;
     let mut labels = vec![0u32; n];
     let mut prev = vec![u32::MAX; n];
     let mut dists = vec![0f32; n];
+    let nb = if bounded { n } else { 0 };
+    let mut bounds = Bounds {
+        upper: vec![0f32; nb],
+        lower: vec![0f32; nb],
+    };
+    let mut all = true;
+    // Iterations left before the bounds are tried again after they failed
+    // to skip much (on data where they never help, the bounded step costs
+    // the same as the plain one plus bookkeeping).
+    let mut cooldown = 0usize;
     let mut n_iter = 0;
     let mut converged = false;
     for it in 0..max_iter {
         let c_norms = row_sq_norms(&centroids, d);
-        nearest(x, x_norms, &centroids, &c_norms, d, Metric::L2, &mut labels, &mut dists);
+        if bounded {
+            if cooldown > 0 {
+                cooldown -= 1;
+                all = true;
+            }
+            let half_sep = if all {
+                vec![0f32; k]
+            } else {
+                half_separation(&centroids, &c_norms, d)
+            };
+            let tried = !all;
+            let done = assign_bounded(
+                x,
+                x_norms,
+                &centroids,
+                &c_norms,
+                &half_sep,
+                d,
+                all,
+                &mut labels,
+                &mut dists,
+                &mut bounds,
+            );
+            if tried && done * 5 > n * 4 {
+                cooldown = 4;
+            }
+            let mut has = vec![false; k];
+            labels.iter().for_each(|&l| has[l as usize] = true);
+            if done < n && has.contains(&false) {
+                // Empty clusters are repaired from exact distances of all points.
+                nearest(
+                    x,
+                    x_norms,
+                    &centroids,
+                    &c_norms,
+                    d,
+                    Metric::L2,
+                    &mut labels,
+                    &mut dists,
+                );
+                all = true;
+            } else {
+                all = false;
+            }
+        } else {
+            nearest(
+                x,
+                x_norms,
+                &centroids,
+                &c_norms,
+                d,
+                Metric::L2,
+                &mut labels,
+                &mut dists,
+            );
+        }
         let new = update_centroids(x, n, d, k, &labels, &dists, &centroids, spherical);
-        let shift: f64 = new
-            .iter()
-            .zip(&centroids)
-            .map(|(&a, &b)| {
-                let t = a as f64 - b as f64;
-                t * t
-            })
-            .sum();
+        let drift: Vec<f64> = (0..k)
+            .map(|j| sq_dist(&new[j * d..(j + 1) * d], &centroids[j * d..(j + 1) * d]))
+            .collect();
+        let shift: f64 = drift.iter().sum();
+        if bounded && !all {
+            let max_drift = drift.iter().fold(0f64, |a, &b| a.max(b)).sqrt() * (1.0 + 1e-9);
+            let dr = &drift;
+            bounds
+                .upper
+                .par_iter_mut()
+                .zip(bounds.lower.par_iter_mut())
+                .zip(labels.par_iter())
+                .for_each(|((u, l), &a)| {
+                    let p = dr[a as usize].sqrt() * (1.0 + 1e-9);
+                    *u = ((*u as f64 + p) * (1.0 + 1e-6)) as f32;
+                    *l = ((*l as f64 - max_drift).max(0.0) * (1.0 - 1e-6)) as f32;
+                });
+        }
         centroids = new;
         n_iter = it + 1;
         if labels == prev || shift <= tol {
             converged = true;
             break;
         }
-        std::mem::swap(&mut labels, &mut prev);
+        prev.copy_from_slice(&labels);
     }
     let c_norms = row_sq_norms(&centroids, d);
-    nearest(x, x_norms, &centroids, &c_norms, d, Metric::L2, &mut labels, &mut dists);
+    nearest(
+        x,
+        x_norms,
+        &centroids,
+        &c_norms,
+        d,
+        Metric::L2,
+        &mut labels,
+        &mut dists,
+    );
     let inertia = exact_inertia(x, d, &centroids, &labels);
     KMeansResult {
         centroids,
@@ -478,6 +800,87 @@ mod tests {
             .install(f)
     }
 
+    /// `per` points around each of `centers` random centres in `d` dimensions
+    /// (spread `noise`), in an order that keeps blobs contiguous when
+    /// `sorted`.
+    fn hd_blobs(per: usize, centers: usize, d: usize, noise: f32, sorted: bool) -> Vec<f32> {
+        let mut rng = Rng::new(99);
+        let cs: Vec<f32> = (0..centers * d)
+            .map(|_| (rng.next_f64() as f32 - 0.5) * 20.0)
+            .collect();
+        let mut x = Vec::with_capacity(per * centers * d);
+        for i in 0..per * centers {
+            let j = if sorted { i / per } else { rng.below(centers) };
+            for t in 0..d {
+                x.push(cs[j * d + t] + noise * (rng.next_f64() as f32 - 0.5));
+            }
+        }
+        x
+    }
+
+    #[test]
+    fn kmeans_plus_plus_pruning_changes_nothing() {
+        let d = 16;
+        for (sorted, noise, k) in [(true, 0.5, 12), (false, 0.5, 9), (true, 30.0, 20)] {
+            let x = hd_blobs(600, 10, d, noise, sorted);
+            let n = x.len() / d;
+            let norms = row_sq_norms(&x, d);
+            let before = SKIPPED_BLOCKS.load(std::sync::atomic::Ordering::Relaxed);
+            let a = in_pool(2, || {
+                kmeans_plus_plus(&x, &norms, n, d, k, &mut Rng::new(5), true)
+            });
+            let skipped = SKIPPED_BLOCKS.load(std::sync::atomic::Ordering::Relaxed) - before;
+            let b = in_pool(1, || {
+                kmeans_plus_plus(&x, &norms, n, d, k, &mut Rng::new(5), false)
+            });
+            let c = in_pool(3, || {
+                kmeans_plus_plus(&x, &norms, n, d, k, &mut Rng::new(5), true)
+            });
+            let bits = |v: &[f32]| v.iter().map(|t| t.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "sorted={sorted} noise={noise}");
+            assert_eq!(bits(&a), bits(&c));
+            if sorted && noise < 1.0 {
+                assert!(skipped > 0, "pruning never fired");
+            }
+        }
+    }
+
+    #[test]
+    fn bounded_lloyd_matches_plain_lloyd() {
+        let d = 16;
+        for (sorted, noise, k, iters) in [
+            (true, 2.0, 12, 30),
+            (false, 8.0, 25, 40),
+            (false, 30.0, 7, 15),
+            (true, 0.5, 10, 10),
+        ] {
+            let x = hd_blobs(300, 10, d, noise, sorted);
+            let n = x.len() / d;
+            let norms = row_sq_norms(&x, d);
+            let init = random_init(&x, n, d, k, &mut Rng::new(3));
+            let run = |bounded: bool, threads: usize| {
+                in_pool(threads, || {
+                    lloyd(&x, &norms, n, d, init.clone(), iters, 0.0, false, bounded)
+                })
+            };
+            let plain = run(false, 1);
+            let fast = run(true, 2);
+            assert_eq!(plain.labels, fast.labels, "noise={noise} k={k}");
+            assert_eq!(plain.n_iter, fast.n_iter);
+            let bits = |v: &[f32]| v.iter().map(|t| t.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&plain.centroids), bits(&fast.centroids));
+            assert_eq!(plain.inertia.to_bits(), fast.inertia.to_bits());
+            assert_eq!(fast, run(true, 3));
+        }
+        // Starts with empty clusters (repaired from exact distances).
+        let (x, n) = blobs(50, 7);
+        let norms = row_sq_norms(&x, 2);
+        let init = vec![5.0, 5.0, 100.0, 100.0, 200.0, 200.0, 0.0, 0.1];
+        let plain = lloyd(&x, &norms, n, 2, init.clone(), 20, 0.0, false, false);
+        let fast = lloyd(&x, &norms, n, 2, init, 20, 0.0, false, true);
+        assert_eq!(plain, fast);
+    }
+
     #[test]
     fn finds_separated_blobs() {
         let (x, n) = blobs(200, 1);
@@ -557,7 +960,11 @@ mod tests {
             p.max_iter = it;
             p.tol = 0.0;
             let r = kmeans(&x, n, 2, &p).unwrap();
-            assert!(r.inertia <= last * (1.0 + 1e-9), "iter {it}: {} > {last}", r.inertia);
+            assert!(
+                r.inertia <= last * (1.0 + 1e-9),
+                "iter {it}: {} > {last}",
+                r.inertia
+            );
             last = r.inertia;
         }
     }

@@ -22,25 +22,34 @@ pub fn dot_nt(a: &[f32], m: usize, b: &[f32], n: usize, d: usize, out: &mut [f32
         out.fill(0.0);
         return;
     }
-    // SAFETY: the pointers come from slices whose lengths match the
-    // dimensions and strides given (checked above in debug builds and by
-    // every caller), and `out` does not alias `a` or `b`.
+    // SAFETY: `a` is m×d, `b` is n×d and `out` is m×n, all row-major, as the
+    // strides below say (lengths checked above in debug builds and by every
+    // caller), so every element `gemm` reads or writes is inside its slice;
+    // `out` is a unique borrow, so it aliases neither input. `read_dst` is
+    // false, so `out`'s previous contents are never read.
+    // `Parallelism::None` keeps the product on this thread: the summation
+    // order depends only on the shapes, never on the thread count.
     unsafe {
-        matrixmultiply::sgemm(
+        gemm::gemm(
             m,
-            d,
             n,
-            1.0,
-            a.as_ptr(),
-            d as isize,
-            1,
-            b.as_ptr(),
-            1,
-            d as isize,
-            0.0,
+            d,
             out.as_mut_ptr(),
-            n as isize,
             1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            d as isize,
+            b.as_ptr(),
+            d as isize,
+            1,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
         );
     }
 }
@@ -71,7 +80,11 @@ pub fn sq_dist(a: &[f32], b: &[f32]) -> f64 {
 pub fn normalize_rows(x: &mut [f32], d: usize) -> Option<usize> {
     let mut zero = None;
     for (i, row) in x.chunks_mut(d).enumerate() {
-        let norm = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt();
+        let norm = row
+            .iter()
+            .map(|&v| (v as f64) * (v as f64))
+            .sum::<f64>()
+            .sqrt();
         if norm == 0.0 {
             zero.get_or_insert(i);
             continue;
@@ -94,6 +107,7 @@ pub enum Metric {
 /// For each row of `x` (n×d), the nearest row of `c` (k×d, k ≥ 1) and its
 /// score. `x_norms`/`c_norms` are the squared row norms (only used for L2).
 /// Ties go to the lowest centroid index. Parallel over row blocks.
+#[allow(clippy::too_many_arguments)]
 pub fn nearest(
     x: &[f32],
     x_norms: &[f32],
@@ -122,8 +136,8 @@ pub fn nearest(
                     Metric::L2 => {
                         let mut best = 0;
                         let mut best_v = c_norms[0] - 2.0 * dots[0];
-                        for j in 1..k {
-                            let v = c_norms[j] - 2.0 * dots[j];
+                        for (j, (&cn, &dot)) in c_norms.iter().zip(dots).enumerate().skip(1) {
+                            let v = cn - 2.0 * dot;
                             if v < best_v {
                                 best_v = v;
                                 best = j;
@@ -134,9 +148,9 @@ pub fn nearest(
                     Metric::InnerProduct => {
                         let mut best = 0;
                         let mut best_v = dots[0];
-                        for j in 1..k {
-                            if dots[j] > best_v {
-                                best_v = dots[j];
+                        for (j, &dot) in dots.iter().enumerate().skip(1) {
+                            if dot > best_v {
+                                best_v = dot;
                                 best = j;
                             }
                         }
@@ -175,7 +189,9 @@ mod tests {
     #[test]
     fn nearest_matches_brute_force() {
         let (n, k, d) = (600, 9, 4);
-        let x: Vec<f32> = (0..n * d).map(|i| ((i * 7919) % 101) as f32 / 10.0).collect();
+        let x: Vec<f32> = (0..n * d)
+            .map(|i| ((i * 7919) % 101) as f32 / 10.0)
+            .collect();
         let c: Vec<f32> = (0..k * d).map(|i| ((i * 31) % 17) as f32 / 2.0).collect();
         let (xn, cn) = (row_sq_norms(&x, d), row_sq_norms(&c, d));
         let mut labels = vec![0; n];
@@ -183,12 +199,23 @@ mod tests {
         nearest(&x, &xn, &c, &cn, d, Metric::L2, &mut labels, &mut scores);
         for i in 0..n {
             let xi = &x[i * d..(i + 1) * d];
-            let dists: Vec<f64> = (0..k).map(|j| sq_dist(xi, &c[j * d..(j + 1) * d])).collect();
+            let dists: Vec<f64> = (0..k)
+                .map(|j| sq_dist(xi, &c[j * d..(j + 1) * d]))
+                .collect();
             let min = dists.iter().cloned().fold(f64::INFINITY, f64::min);
             assert!(dists[labels[i] as usize] <= min + 1e-3, "row {i}");
             assert!((scores[i] as f64 - min).abs() < 1e-2 * (1.0 + min));
         }
-        nearest(&x, &xn, &c, &cn, d, Metric::InnerProduct, &mut labels, &mut scores);
+        nearest(
+            &x,
+            &xn,
+            &c,
+            &cn,
+            d,
+            Metric::InnerProduct,
+            &mut labels,
+            &mut scores,
+        );
         for i in 0..n {
             let xi = &x[i * d..(i + 1) * d];
             let best = (0..k)

@@ -114,6 +114,9 @@ fn kmeans_raw<'py>(
     (centroids, labels, r.inertia, r.n_iter, r.converged).into_pyobject(py)
 }
 
+/// `(ids, scores)` of a lookup.
+type IdsAndScores<'py> = (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<f32>>);
+
 /// Nearest-prototype lookup; see `protofast.nearest_prototype`.
 #[pyfunction]
 #[pyo3(signature = (queries, centroids, metric))]
@@ -122,7 +125,7 @@ fn nearest_prototype_raw<'py>(
     queries: PyReadonlyArray2<'py, f32>,
     centroids: PyReadonlyArray2<'py, f32>,
     metric: &str,
-) -> PyResult<(Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<f32>>)> {
+) -> PyResult<IdsAndScores<'py>> {
     let metric: LookupMetric = metric.parse()?;
     let (q, nq, dq) = matrix(&queries);
     let (c, k, d) = matrix(&centroids);
@@ -299,6 +302,7 @@ impl PyLabelStore {
     }
 
     /// Replaces the contents with a state from `state()` (validated first).
+    #[allow(clippy::too_many_arguments)]
     fn load_state(
         &self,
         py: Python<'_>,

@@ -173,7 +173,7 @@ impl LabelStore {
         self.counts.push(0);
         match &mut self.stats {
             Stats::Mean { blocks } => {
-                if (id as usize) % SUM_BLOCK == 0 {
+                if (id as usize).is_multiple_of(SUM_BLOCK) {
                     blocks.push(vec![0.0; SUM_BLOCK * self.dim.unwrap_or(0)]);
                 }
             }
@@ -427,7 +427,7 @@ impl LabelStore {
                     let split = w.head * d;
                     data.extend_from_slice(&w.buf[split..]);
                     data.extend_from_slice(&w.buf[..split]);
-                    rows.push(if d == 0 { 0 } else { w.buf.len() / d });
+                    rows.push(w.buf.len().checked_div(d).unwrap_or(0));
                 }
                 (data, rows)
             }
