@@ -48,7 +48,7 @@ wheel-check: wheel ## Install the wheel into a fresh venv and import it there
 	r = protofast.kmeans(np.eye(4, dtype=np.float32), 2, seed=1); \
 	print('wheel ok:', protofast.__version__, r.inertia)"
 
-test: venv test-rust test-python wheel-check ## Set up .venv and run every test (what CI runs)
+test: venv lint test-rust test-python stubtest wheel-check ## Set up .venv, lint, and run every test (what CI runs)
 
 lint: venv ## cargo fmt --check, clippy -D warnings, ruff
 	cargo fmt --check
