@@ -69,11 +69,14 @@ def _labels(labels: Any, name: str = "labels") -> list[str]:
     if isinstance(labels, (str, bytes)):
         raise TypeError(f"{name}: expected a sequence of str, got a single {type(labels).__name__}")
     try:
-        out = list(labels)
+        out = labels if type(labels) is list else list(labels)
     except TypeError:
         raise TypeError(
             f"{name}: expected a sequence of str, got {type(labels).__name__}"
         ) from None
+    # Fast path (this runs every training step): all items exactly str.
+    if set(map(type, out)) <= {str}:
+        return out
     for i, label in enumerate(out):
         if not isinstance(label, str):
             raise TypeError(f"{name}: item {i} is {type(label).__name__}, expected str")
