@@ -512,22 +512,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
 
     tables = render(fixed_rows, e2e_rows, init_rows, args=args, gemm=gemm, notes=notes)
-    print(common.header("k-means", info) + "\n\n" + tables, flush=True)
-    payload = {
-        "bench": "kmeans",
-        "args": vars(args),
-        "machine": info,
-        "threads": threads,
-        "gemm": gemm,
-        "fixed": fixed_rows,
-        "end_to_end": e2e_rows,
-        "init_only": init_rows,
-        "notes": notes,
-        "markdown": tables,
-    }
-    path = common.write_json(args.json_name, payload)
-    print(f"\n(wrote {path})", flush=True)
-    return payload
+    return common.report(
+        "kmeans",
+        "k-means",
+        tables,
+        args,
+        info,
+        threads,
+        gemm=gemm,
+        fixed=fixed_rows,
+        end_to_end=e2e_rows,
+        init_only=init_rows,
+        notes=notes,
+    )
 
 
 def render(

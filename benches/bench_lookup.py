@@ -117,18 +117,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             del q, c
 
     table = render(rows, args)
-    print(common.header("Nearest-prototype lookup", info) + "\n\n" + table, flush=True)
-    payload = {
-        "bench": "lookup",
-        "args": vars(args),
-        "machine": info,
-        "threads": threads,
-        "rows": rows,
-        "markdown": table,
-    }
-    path = common.write_json(args.json_name, payload)
-    print(f"\n(wrote {path})", flush=True)
-    return payload
+    return common.report(
+        "lookup", "Nearest-prototype lookup", table, args, info, threads, rows=rows
+    )
 
 
 def render(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> str:

@@ -202,19 +202,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
     shown = [r for r in rows if r["labels"] in set(args.labels) or args.show_base]
     table = render(shown, args, payload_per_label)
-    print(common.header("Memory per label", info) + "\n\n" + table, flush=True)
-    payload = {
-        "bench": "memory",
-        "args": vars(args),
-        "machine": info,
-        "threads": threads,
-        "payload_bytes_per_label": payload_per_label,
-        "rows": rows,
-        "markdown": table,
-    }
-    path = common.write_json(args.json_name, payload)
-    print(f"\n(wrote {path})", flush=True)
-    return payload
+    return common.report(
+        "memory",
+        "Memory per label",
+        table,
+        args,
+        info,
+        threads,
+        payload_bytes_per_label=payload_per_label,
+        rows=rows,
+    )
 
 
 def render(rows: Sequence[dict[str, Any]], args: argparse.Namespace, payload_per_label: int) -> str:

@@ -55,33 +55,12 @@ def _loss_and_manager(
     use_soft = variant in ("pairwise", "hybrid")
     use_proto = variant in ("prototype", "hybrid")
     if impl == "protofast":
-        pf = common.load_protofast(quiet=True)
-        assert pf is not None
-        manager = (
-            pf.PrototypeManager(
-                num_clusters=num_clusters,
-                update_interval=update_interval,
-                min_samples_per_cluster=3,
-                seed=42,
-                n_init=10,
-            )
-            if use_proto
-            else None
-        )
-        loss = pf.InfoNCELoss(
-            temperature=0.1,
-            use_soft_targets=use_soft,
-            soft_target_temperature=0.5,
-            soft_target_weight=0.5,
-            use_prototypes=use_proto,
-            prototype_weight=0.5,
-            prototype_manager=manager,
-        )
-        return loss, manager
-    import baseline_manager as bm
-
-    manager_b = (
-        bm.PrototypeManager(
+        module = common.load_protofast(quiet=True)
+        assert module is not None
+    else:
+        import baseline_manager as module
+    manager = (
+        module.PrototypeManager(
             num_clusters=num_clusters,
             update_interval=update_interval,
             min_samples_per_cluster=3,
@@ -91,16 +70,16 @@ def _loss_and_manager(
         if use_proto
         else None
     )
-    loss_b = bm.InfoNCELoss(
+    loss = module.InfoNCELoss(
         temperature=0.1,
         use_soft_targets=use_soft,
         soft_target_temperature=0.5,
         soft_target_weight=0.5,
         use_prototypes=use_proto,
         prototype_weight=0.5,
-        prototype_manager=manager_b,
+        prototype_manager=manager,
     )
-    return loss_b, manager_b
+    return loss, manager
 
 
 def run_variant(
@@ -249,18 +228,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         r["protofast_speedup_mean"] = r["mean_s"] / other["mean_s"] if other else None
 
     table = render(rows, args)
-    print(common.header("Training step", info) + "\n\n" + table, flush=True)
-    payload = {
-        "bench": "step",
-        "args": vars(args),
-        "machine": info,
-        "threads": threads,
-        "rows": rows,
-        "markdown": table,
-    }
-    path = common.write_json(args.json_name, payload)
-    print(f"\n(wrote {path})", flush=True)
-    return payload
+    return common.report("step", "Training step", table, args, info, threads, rows=rows)
 
 
 def render(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> str:

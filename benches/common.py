@@ -546,6 +546,43 @@ def write_json(name: str, payload: dict[str, Any]) -> Path:
     return path
 
 
+def report(
+    bench: str,
+    title: str,
+    markdown: str,
+    args: Any,
+    info: dict[str, Any],
+    threads: dict[str, Any],
+    **data: Any,
+) -> dict[str, Any]:
+    """Print a bench's header and tables, and write its JSON (``args.json_name``).
+
+    Args:
+        bench: the bench's name (the JSON's ``"bench"`` field).
+        title: heading printed above the tables.
+        markdown: the rendered tables.
+        args: the parsed options (an ``argparse.Namespace`` with ``json_name``).
+        info: :func:`machine_info`.
+        threads: the thread settings from :func:`set_threads`.
+        **data: the bench's rows and other results, stored as given.
+
+    Returns:
+        The JSON payload.
+    """
+    print(header(title, info) + "\n\n" + markdown, flush=True)
+    payload = {
+        "bench": bench,
+        "args": vars(args),
+        "machine": info,
+        "threads": threads,
+        **data,
+        "markdown": markdown,
+    }
+    path = write_json(args.json_name, payload)
+    print(f"\n(wrote {path})", flush=True)
+    return payload
+
+
 def fmt_ms(seconds: float) -> str:
     """Format seconds as milliseconds with 3 significant-ish digits."""
     ms = seconds * 1e3
