@@ -6,6 +6,8 @@
 
 use rayon::prelude::*;
 
+use crate::error::{Error, Result};
+
 /// Rows per block in every blockwise routine. Fixed: results must not depend
 /// on how many threads share the blocks.
 pub const ROW_BLOCK: usize = 256;
@@ -62,6 +64,23 @@ pub fn row_sq_norms(x: &[f32], d: usize) -> Vec<f32> {
     x.par_chunks(d)
         .map(|r| r.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() as f32)
         .collect()
+}
+
+/// Squared L2 norm of each row, validating the values in the same parallel
+/// pass: a row holding a NaN or an infinity has a non-finite f64 norm (finite
+/// f32 values cannot overflow it), reported as [`Error::NonFinite`].
+pub fn checked_sq_norms(arg: &'static str, x: &[f32], d: usize) -> Result<Vec<f32>> {
+    if d == 0 {
+        return Ok(Vec::new());
+    }
+    let norms: Vec<f64> = x
+        .par_chunks(d)
+        .map(|r| r.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
+        .collect();
+    if let Some(row) = norms.iter().position(|v| !v.is_finite()) {
+        return Err(Error::NonFinite { arg, row });
+    }
+    Ok(norms.into_iter().map(|v| v as f32).collect())
 }
 
 /// Squared Euclidean distance between two rows, accumulated in f64.
@@ -223,6 +242,20 @@ mod tests {
                 .fold(f32::NEG_INFINITY, f32::max);
             assert!((scores[i] - best).abs() < 1e-3 * (1.0 + best.abs()));
         }
+    }
+
+    #[test]
+    fn checked_norms_match_and_report_bad_rows() {
+        let x = vec![3.0f32, 4.0, 1.0, 0.0, 0.0, 0.0];
+        assert_eq!(checked_sq_norms("x", &x, 2).unwrap(), row_sq_norms(&x, 2));
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut y = x.clone();
+            y[3] = bad;
+            let e = checked_sq_norms("x", &y, 2).unwrap_err();
+            assert_eq!(e, Error::NonFinite { arg: "x", row: 1 });
+        }
+        let big = vec![f32::MAX; 384];
+        assert!(checked_sq_norms("x", &big, 384).is_ok());
     }
 
     #[test]

@@ -3,8 +3,8 @@
 
 use std::borrow::Cow;
 
-use crate::error::{check_finite, check_matrix, Error, Result};
-use crate::linalg::{nearest, normalize_rows, row_sq_norms, Metric};
+use crate::error::{check_matrix, Error, Result};
+use crate::linalg::{checked_sq_norms, nearest, normalize_rows, Metric};
 
 /// The similarity used by [`nearest_prototype`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,19 +60,25 @@ pub fn nearest_prototype(
     if d == 0 {
         return Err(Error::invalid("centroids", "must have at least one column"));
     }
-    check_finite("queries", queries, d)?;
-    check_finite("centroids", centroids, d)?;
-    let (qs, cs, m) = match metric {
-        LookupMetric::L2 => (Cow::Borrowed(queries), Cow::Borrowed(centroids), Metric::L2),
+    // One parallel pass over the queries both validates them and gives the
+    // norms the L2 metric needs.
+    let q_norms = checked_sq_norms("queries", queries, d)?;
+    let c_norms = checked_sq_norms("centroids", centroids, d)?;
+    let (qs, cs, m, q_norms, c_norms) = match metric {
+        LookupMetric::L2 => (
+            Cow::Borrowed(queries),
+            Cow::Borrowed(centroids),
+            Metric::L2,
+            q_norms,
+            c_norms,
+        ),
         LookupMetric::Cosine => (
             normalized("queries", queries, d)?,
             normalized("centroids", centroids, d)?,
             Metric::InnerProduct,
+            Vec::new(),
+            vec![0.0; k],
         ),
-    };
-    let (q_norms, c_norms) = match m {
-        Metric::L2 => (row_sq_norms(&qs, d), row_sq_norms(&cs, d)),
-        Metric::InnerProduct => (Vec::new(), vec![0.0; k]),
     };
     let mut ids = vec![0u32; q];
     let mut scores = vec![0f32; q];
