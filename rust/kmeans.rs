@@ -577,6 +577,8 @@ fn lloyd(
     let mut converged = false;
     for it in 0..max_iter {
         let c_norms = row_sq_norms(&centroids, d);
+        // Whether every point is (re)assigned from exact distances this time.
+        let mut full = !bounded;
         if bounded {
             if cooldown > 0 {
                 cooldown -= 1;
@@ -605,23 +607,11 @@ fn lloyd(
             }
             let mut has = vec![false; k];
             labels.iter().for_each(|&l| has[l as usize] = true);
-            if done < n && has.contains(&false) {
-                // Empty clusters are repaired from exact distances of all points.
-                nearest(
-                    x,
-                    x_norms,
-                    &centroids,
-                    &c_norms,
-                    d,
-                    Metric::L2,
-                    &mut labels,
-                    &mut dists,
-                );
-                all = true;
-            } else {
-                all = false;
-            }
-        } else {
+            // Empty clusters are repaired from exact distances of all points.
+            full = done < n && has.contains(&false);
+            all = full;
+        }
+        if full {
             nearest(
                 x,
                 x_norms,
