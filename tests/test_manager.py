@@ -150,7 +150,7 @@ def test_device_nearest_matches_rust_lookup() -> None:
         )
         emb = torch.randn(64, 16)
         labels = [f"new {i}" for i in range(64)]
-        rust, _ = m._clusters(labels, emb)
+        rust, _ = m._clusters(labels, emb, "nearest")
         assert torch.equal(rust, m._nearest_on_device(emb))
 
 

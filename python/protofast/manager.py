@@ -301,15 +301,18 @@ class PrototypeManager:
         logger.debug("[PrototypeManager] k-means inertia %.6g", inertia)
 
     # ----------------------------------------------------------------- targets
-    def _clusters(self, labels: list[str], emb: Tensor) -> tuple[Tensor, np.ndarray]:
-        """Cluster id of each sample on ``emb``'s device, and the host mask of
-        samples whose label was not seen at the last clustering."""
+    def _clusters(
+        self, labels: list[str], emb: Tensor, unseen_rule: Unseen
+    ) -> tuple[Tensor, np.ndarray]:
+        """Cluster id of each sample on ``emb``'s device (-1 for unseen labels
+        under ``unseen_rule="one_hot"``), and the host mask of samples whose
+        label was not seen at the last clustering."""
         assert self.prototypes is not None
         ids = self.store.lookup(labels)
         known = (ids >= 0) & (ids < len(self._cluster_of_id))
         clusters = np.where(known, self._cluster_of_id[np.where(known, ids, 0)], -1)
         unseen = ~known
-        if unseen.any() and self.unseen == "nearest":
+        if unseen.any() and unseen_rule == "nearest":
             if emb.device.type == "cpu":
                 protos = self.prototypes.cpu()
                 found, _ = nearest_prototype(
@@ -373,7 +376,7 @@ class PrototypeManager:
                 f"(the prototypes' dimension), got {emb.shape[1]}"
             )
         with torch.no_grad():
-            clusters, unseen = self._clusters(labels, emb)
+            clusters, unseen = self._clusters(labels, emb, self.unseen)
             dtype = torch.promote_types(emb.dtype, torch.float32)
             e = emb.to(dtype)
             protos = self.prototypes.to(emb.device, dtype)
@@ -404,11 +407,7 @@ class PrototypeManager:
         emb = _check_embeddings(text_embeddings, len(labels)).detach()
         if not self.is_initialized:
             return torch.full((len(labels),), -1, dtype=torch.int64, device=emb.device)
-        saved, self.unseen = self.unseen, "nearest"
-        try:
-            clusters, _ = self._clusters(labels, emb)
-        finally:
-            self.unseen = saved
+        clusters, _ = self._clusters(labels, emb, "nearest")
         return clusters
 
     # ------------------------------------------------------------- inspection
