@@ -6,6 +6,7 @@ use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2}
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyDict, PyTuple};
 use std::borrow::Cow;
 use std::sync::{Mutex, MutexGuard};
@@ -182,7 +183,7 @@ impl PyLabelStore {
     fn add<'py>(
         &self,
         py: Python<'py>,
-        labels: Vec<String>,
+        labels: Vec<PyBackedStr>,
         embeddings: PyReadonlyArray2<'py, f32>,
     ) -> PyResult<Bound<'py, PyArray1<i64>>> {
         let (data, rows, dim) = matrix(&embeddings);
@@ -201,13 +202,13 @@ impl PyLabelStore {
     fn intern<'py>(
         &self,
         py: Python<'py>,
-        labels: Vec<String>,
+        labels: Vec<PyBackedStr>,
     ) -> PyResult<Bound<'py, PyArray1<i64>>> {
         let ids = py.detach(|| self.lock().intern(&labels))?;
         Ok(ids_to_py(py, ids))
     }
 
-    fn lookup<'py>(&self, py: Python<'py>, labels: Vec<String>) -> Bound<'py, PyArray1<i64>> {
+    fn lookup<'py>(&self, py: Python<'py>, labels: Vec<PyBackedStr>) -> Bound<'py, PyArray1<i64>> {
         let ids = py.detach(|| self.lock().lookup(&labels));
         ids.into_pyarray(py)
     }

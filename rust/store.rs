@@ -13,6 +13,7 @@
 //! Every mutating call validates its whole input first: a rejected batch leaves
 //! the store unchanged.
 
+use hashbrown::hash_map::Entry;
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use std::hash::BuildHasher;
 
@@ -257,23 +258,50 @@ impl LabelStore {
         let rows = embeddings.chunks_exact(dim);
         match &mut self.stats {
             Stats::Mean { .. } => {
-                // Pre-sum the batch per label in f64, then add once per label.
-                let mut slot: HashMap<u32, usize> = HashMap::new();
-                let mut acc: Vec<f64> = Vec::new();
-                let mut order: Vec<u32> = Vec::new();
-                for (&id, row) in ids.iter().zip(rows) {
-                    let s = *slot.entry(id).or_insert_with(|| {
-                        order.push(id);
-                        acc.resize(acc.len() + dim, 0.0);
-                        order.len() - 1
-                    });
-                    for (a, &v) in acc[s * dim..(s + 1) * dim].iter_mut().zip(row) {
-                        *a += v as f64;
+                // Pre-sum the batch per label in f64 (rows in batch order), then
+                // add the sum once. The rows of each label are chained in a
+                // linked list so that one D-sized f64 buffer serves every label.
+                let n = ids.len();
+                let mut slot_of: HashMap<u32, usize> = HashMap::with_capacity(n);
+                let mut first_row: Vec<usize> = Vec::with_capacity(n);
+                let mut last_row: Vec<usize> = Vec::with_capacity(n);
+                let mut next_row = vec![usize::MAX; n];
+                for (r, &id) in ids.iter().enumerate() {
+                    match slot_of.entry(id) {
+                        Entry::Occupied(e) => {
+                            let s = *e.get();
+                            next_row[last_row[s]] = r;
+                            last_row[s] = r;
+                        }
+                        Entry::Vacant(e) => {
+                            e.insert(first_row.len());
+                            first_row.push(r);
+                            last_row.push(r);
+                        }
                     }
                 }
-                for (s, &id) in order.iter().enumerate() {
-                    let src = &acc[s * dim..(s + 1) * dim];
-                    for (o, &a) in self.sum_row_mut(id as usize).iter_mut().zip(src) {
+                let row = |r: usize| &embeddings[r * dim..(r + 1) * dim];
+                let mut acc = vec![0f64; dim];
+                for &r0 in &first_row {
+                    let out = self.sum_row_mut(ids[r0] as usize);
+                    if next_row[r0] == usize::MAX {
+                        // a single row: its f64 "sum" is 0.0 + v, added directly
+                        for (o, &v) in out.iter_mut().zip(row(r0)) {
+                            *o = (*o as f64 + (0.0 + v as f64)) as f32;
+                        }
+                        continue;
+                    }
+                    for (a, &v) in acc.iter_mut().zip(row(r0)) {
+                        *a = 0.0 + v as f64;
+                    }
+                    let mut r = next_row[r0];
+                    while r != usize::MAX {
+                        for (a, &v) in acc.iter_mut().zip(row(r)) {
+                            *a += v as f64;
+                        }
+                        r = next_row[r];
+                    }
+                    for (o, &a) in out.iter_mut().zip(&acc) {
                         *o = (*o as f64 + a) as f32;
                     }
                 }
@@ -528,6 +556,23 @@ mod tests {
         assert_eq!(s.counts(), &[2, 2, 1]);
         assert_eq!(s.lookup(&["sit", "fly"]), vec![2, -1]);
         assert!(close(&s.means(), &[3.0, 4.0, 1.5, 2.0, 0.0, 0.0]));
+    }
+
+    #[test]
+    fn batch_is_presummed_in_f64_per_label() {
+        // In f32, 1e8 + 1 rounds back to 1e8: only an f64 pre-sum of the
+        // label's rows (in batch order) keeps the 1. Labels interleave so
+        // that every label's rows are scattered over the batch.
+        let mut s = LabelStore::new(None).unwrap();
+        let labels = ["a", "b", "a", "c", "a", "b"];
+        let emb = [1e8f32, 5.0, 1.0, 7.0, -1e8, -5.0];
+        s.add(&labels, &emb, 1).unwrap();
+        let state = s.to_state();
+        assert_eq!(state.data, vec![1.0, 0.0, 7.0]);
+        assert_eq!(s.counts(), &[3, 2, 1]);
+        // a second batch adds its own f64 sum to the stored f32 sum
+        s.add(&["c", "a", "c"], &[0.5, 2.0, 0.25], 1).unwrap();
+        assert_eq!(s.to_state().data, vec![3.0, 0.0, 7.75]);
     }
 
     #[test]
