@@ -87,6 +87,17 @@ trait RowOps {
     /// # Safety
     /// As for [`RowOps::sq_norm`].
     unsafe fn dot(x: &[f32], c: &[f32]) -> f32;
+
+    /// `x·c[j]` for 4 rows at once, each summed exactly as [`RowOps::dot`]
+    /// sums it (one pass over `x` feeds four independent accumulations).
+    ///
+    /// # Safety
+    /// As for [`RowOps::sq_norm`].
+    #[inline(always)]
+    unsafe fn dot4(x: &[f32], c: [&[f32]; 4]) -> [f32; 4] {
+        // SAFETY: the caller's.
+        c.map(|c| unsafe { Self::dot(x, c) })
+    }
 }
 
 /// Portable code over `L` independent lanes, summed in lane order, then the
@@ -195,6 +206,42 @@ impl RowOps for Avx512 {
         }
         _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
     }
+
+    #[inline(always)]
+    unsafe fn dot4(x: &[f32], c: [&[f32]; 4]) -> [f32; 4] {
+        use std::arch::x86_64::*;
+        let n = x.len();
+        debug_assert!(c.iter().all(|c| c.len() == n));
+        let px = x.as_ptr();
+        let pc = c.map(|c| c.as_ptr());
+        let mut a0 = [_mm512_setzero_ps(); 4];
+        let mut a1 = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY (all loads): as in `dot`, for each of the four rows.
+        while i + 32 <= n {
+            let (x0, x1) = (_mm512_loadu_ps(px.add(i)), _mm512_loadu_ps(px.add(i + 16)));
+            for j in 0..4 {
+                a0[j] = _mm512_fmadd_ps(x0, _mm512_loadu_ps(pc[j].add(i)), a0[j]);
+                a1[j] = _mm512_fmadd_ps(x1, _mm512_loadu_ps(pc[j].add(i + 16)), a1[j]);
+            }
+            i += 32;
+        }
+        if i + 16 <= n {
+            let x0 = _mm512_loadu_ps(px.add(i));
+            for j in 0..4 {
+                a0[j] = _mm512_fmadd_ps(x0, _mm512_loadu_ps(pc[j].add(i)), a0[j]);
+            }
+            i += 16;
+        }
+        if i < n {
+            let m: __mmask16 = (1u32 << (n - i)) as u16 - 1;
+            let x1 = _mm512_maskz_loadu_ps(m, px.add(i));
+            for j in 0..4 {
+                a1[j] = _mm512_fmadd_ps(x1, _mm512_maskz_loadu_ps(m, pc[j].add(i)), a1[j]);
+            }
+        }
+        std::array::from_fn(|j| _mm512_reduce_add_ps(_mm512_add_ps(a0[j], a1[j])))
+    }
 }
 
 /// AVX2 with FMA: two 8-lane f32 accumulators, then a scalar tail.
@@ -274,6 +321,41 @@ impl RowOps for Avx2 {
         }
         s
     }
+
+    #[inline(always)]
+    unsafe fn dot4(x: &[f32], c: [&[f32]; 4]) -> [f32; 4] {
+        use std::arch::x86_64::*;
+        let n = x.len();
+        debug_assert!(c.iter().all(|c| c.len() == n));
+        let px = x.as_ptr();
+        let pc = c.map(|c| c.as_ptr());
+        let mut a0 = [_mm256_setzero_ps(); 4];
+        let mut a1 = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY (all loads): as in `dot`, for each of the four rows.
+        while i + 16 <= n {
+            let (x0, x1) = (_mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(px.add(i + 8)));
+            for j in 0..4 {
+                a0[j] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(pc[j].add(i)), a0[j]);
+                a1[j] = _mm256_fmadd_ps(x1, _mm256_loadu_ps(pc[j].add(i + 8)), a1[j]);
+            }
+            i += 16;
+        }
+        if i + 8 <= n {
+            let x0 = _mm256_loadu_ps(px.add(i));
+            for j in 0..4 {
+                a0[j] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(pc[j].add(i)), a0[j]);
+            }
+            i += 8;
+        }
+        std::array::from_fn(|j| {
+            let mut s = Self::sum_ps(_mm256_add_ps(a0[j], a1[j]));
+            for (&a, &b) in x[i..].iter().zip(&c[j][i..]) {
+                s = a.mul_add(b, s);
+            }
+            s
+        })
+    }
 }
 
 /// Scores the rows of one block of queries (`xb`, the rows from `base` on):
@@ -307,7 +389,18 @@ unsafe fn fused_block<R: RowOps>(
         if !norm.is_finite() {
             status.non_finite.get_or_insert(base + r);
         }
-        for (out, c) in dots.iter_mut().zip(f.c.chunks_exact(d)) {
+        let mut quads = f.c.chunks_exact(4 * d);
+        let mut outs = dots.chunks_exact_mut(4);
+        for (out, c) in (&mut outs).zip(&mut quads) {
+            let c = [&c[..d], &c[d..2 * d], &c[2 * d..3 * d], &c[3 * d..]];
+            // SAFETY: the caller's.
+            out.copy_from_slice(&unsafe { R::dot4(x, c) });
+        }
+        for (out, c) in outs
+            .into_remainder()
+            .iter_mut()
+            .zip(quads.remainder().chunks_exact(d))
+        {
             // SAFETY: the caller's.
             *out = unsafe { R::dot(x, c) };
         }
