@@ -301,6 +301,7 @@ static SKIPPED_BLOCKS: std::sync::atomic::AtomicUsize = std::sync::atomic::Atomi
 /// candidate into `closest`. Blocks that the triangle inequality proves
 /// unaffected by every candidate are skipped (`prune`); this never changes
 /// the result (see [`block_prunable`]).
+#[allow(clippy::too_many_arguments)]
 fn kmeans_plus_plus(
     x: &[f32],
     x_norms: &[f32],
