@@ -208,11 +208,14 @@ def protofast_default(x: np.ndarray, k: int) -> KMOut:
     return KMOut(np.asarray(r.centroids), int(r.n_iter))
 
 
-def protofast_init_only(x: np.ndarray, k: int) -> KMOut:
-    """protofast k-means++ seeding only (``max_iter=0``)."""
+def protofast_init_only(x: np.ndarray, k: int, n_local_trials: int | None = None) -> KMOut:
+    """protofast k-means++ seeding only (``max_iter=0``); greedy unless ``n_local_trials``."""
     pf = common.load_protofast(quiet=True)
     assert pf is not None
-    r = pf.kmeans(x, k, init="k-means++", max_iter=0, seed=0)
+    if n_local_trials is None:
+        r = pf.kmeans(x, k, init="k-means++", max_iter=0, seed=0)
+    else:
+        r = pf.kmeans(x, k, init="k-means++", max_iter=0, seed=0, n_local_trials=n_local_trials)
     return KMOut(np.asarray(r.centroids), int(r.n_iter))
 
 
@@ -382,6 +385,10 @@ def init_section(ctx: SizeContext, pf_init_ok: bool) -> list[dict[str, Any]]:
     fns: dict[str, tuple[str, Callable[[], KMOut]]] = {}
     if "protofast" in ctx.tools and pf_init_ok:
         fns["protofast"] = ("greedy k-means++ (max_iter=0)", lambda: protofast_init_only(x, k))
+        fns["protofast 1-trial"] = (
+            "k-means++, one draw per centre (n_local_trials=1)",
+            lambda: protofast_init_only(x, k, 1),
+        )
     if "sklearn-lloyd" in ctx.tools or "sklearn-elkan" in ctx.tools:
         fns["sklearn"] = (
             "kmeans_plusplus (greedy, 2+ln k trials)",

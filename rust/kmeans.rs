@@ -1,11 +1,19 @@
 //! Lloyd's k-means with k-means++ initialisation, restarts and an optional
 //! spherical (cosine) mode.
 //!
+//! The assignment step is exact Lloyd with Yinyang-style bounds: centroids
+//! are put in groups of about [`GROUP_SIZE`] nearby ones, each point keeps an
+//! upper bound on its distance to its centroid and a lower bound per group,
+//! and a point or a group is skipped only when the bounds prove it cannot
+//! change the label. The update step keeps running per-cluster sums moved by
+//! the points that changed cluster.
+//!
 //! Determinism: for a given seed the result is the same bit for bit whatever
-//! the number of threads. Distances are computed in fixed row blocks
-//! ([`ROW_BLOCK`]), every sum over points is taken in index order (centroid
-//! sums per cluster over its members in index order, potentials per block then
-//! over blocks in order), and all random draws happen on one thread.
+//! the number of threads. Distances are computed in fixed row blocks, every
+//! sum over points is taken in a fixed order (cluster sums built in index
+//! order, then moved by the points that changed cluster in index order;
+//! potentials per block then over blocks in order), and all random draws
+//! happen on one thread.
 
 use std::borrow::Cow;
 
@@ -14,6 +22,7 @@ use rayon::prelude::*;
 use crate::error::{check_finite, check_matrix, Error, Result};
 use crate::linalg::{nearest, normalize_rows, row_sq_norms, sq_dist, Metric, ROW_BLOCK};
 use crate::rng::Rng;
+use crate::simd::{accumulate_rows, add_row, argmin2, column_argmin2, sub_row};
 
 /// How the initial centroids are chosen.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +53,11 @@ pub struct KMeansParams {
     pub init: Init,
     /// Cosine k-means: rows are normalised and centroids kept at unit norm.
     pub spherical: bool,
+    /// Candidates drawn per k-means++ centre, the one that lowers the
+    /// potential most being kept. `None`: 2 + ⌊ln k⌋ (greedy k-means++, as
+    /// scikit-learn); `Some(1)`: the original k-means++ (one draw per centre,
+    /// as faiss), about (2 + ln k)× cheaper for a slightly worse start.
+    pub n_local_trials: Option<usize>,
 }
 
 impl KMeansParams {
@@ -57,6 +71,7 @@ impl KMeansParams {
             seed: 0,
             init: Init::KMeansPlusPlus,
             spherical: false,
+            n_local_trials: None,
         }
     }
 }
@@ -99,6 +114,9 @@ pub fn kmeans(x: &[f32], n: usize, d: usize, params: &KMeansParams) -> Result<KM
     }
     if params.n_init == 0 {
         return Err(Error::invalid("n_init", "must be at least 1"));
+    }
+    if params.n_local_trials == Some(0) {
+        return Err(Error::invalid("n_local_trials", "must be at least 1"));
     }
     if !(params.tol.is_finite() && params.tol >= 0.0) {
         return Err(Error::invalid("tol", "must be a finite number ≥ 0"));
@@ -144,7 +162,7 @@ pub fn kmeans(x: &[f32], n: usize, d: usize, params: &KMeansParams) -> Result<KM
         let init = match (&params.init, &given) {
             (_, Some(c)) => c.clone(),
             (Init::Random, _) => random_init(x, n, d, k, &mut rng),
-            _ => kmeans_plus_plus(x, &x_norms, n, d, k, &mut rng, true),
+            _ => kmeans_plus_plus(x, &x_norms, n, d, k, params.n_local_trials, &mut rng, true),
         };
         let run = lloyd(
             x,
@@ -283,16 +301,18 @@ static SKIPPED_BLOCKS: std::sync::atomic::AtomicUsize = std::sync::atomic::Atomi
 /// candidate into `closest`. Blocks that the triangle inequality proves
 /// unaffected by every candidate are skipped (`prune`); this never changes
 /// the result (see [`block_prunable`]).
+#[allow(clippy::too_many_arguments)]
 fn kmeans_plus_plus(
     x: &[f32],
     x_norms: &[f32],
     n: usize,
     d: usize,
     k: usize,
+    n_local_trials: Option<usize>,
     rng: &mut Rng,
     prune: bool,
 ) -> Vec<f32> {
-    let trials = 2 + (k as f64).ln().floor() as usize;
+    let trials = n_local_trials.unwrap_or(2 + (k as f64).ln().floor() as usize);
     let mut centers = Vec::with_capacity(k * d);
     let mut center_norms = Vec::with_capacity(k);
     let first = rng.below(n);
@@ -429,92 +449,358 @@ fn kmeans_plus_plus(
     centers
 }
 
-/// Hamerly bounds of each point: `upper` ≥ its (true) distance to its
-/// centroid, `lower` ≤ its distance to every other centroid.
+/// Per-group products run by the bounded assignment (tests only).
+#[cfg(test)]
+static GROUP_PRODUCTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Target number of centroids per group of the grouped bounds.
+const GROUP_SIZE: usize = 16;
+
+/// A partition of the centroids into groups of nearby centroids (Yinyang
+/// k-means): each point keeps one lower bound per group instead of one per
+/// centroid (Elkan) or one in all (Hamerly).
+struct Groups {
+    /// Original centroid indices, group by group, ascending within a group.
+    order: Vec<u32>,
+    /// Group `g` is `order[start[g]..start[g + 1]]`.
+    start: Vec<usize>,
+    /// The group of each centroid (original index).
+    of: Vec<u32>,
+}
+
+impl Groups {
+    fn len(&self) -> usize {
+        self.start.len() - 1
+    }
+
+    /// Groups of about [`GROUP_SIZE`] centroids from a few Lloyd steps over
+    /// the centroids themselves (deterministic: evenly spaced starting
+    /// centroids, sums in index order). At most `d / 4` groups, so the
+    /// bounds take at most a quarter of the memory of the points.
+    fn new(c: &[f32], k: usize, d: usize) -> Groups {
+        let t = k.div_ceil(GROUP_SIZE).min((d / 4).max(1)).max(1);
+        let mut of = vec![0u32; k];
+        if t > 1 {
+            let mut gc: Vec<f32> = (0..t)
+                .flat_map(|g| c[g * k / t * d..(g * k / t + 1) * d].iter().copied())
+                .collect();
+            let mut dots = vec![0f32; k * t];
+            for _ in 0..5 {
+                let gn = row_sq_norms(&gc, d);
+                crate::linalg::dot_nt(c, k, &gc, t, d, &mut dots);
+                for (j, o) in of.iter_mut().enumerate() {
+                    *o = argmin2(&gn, &dots[j * t..(j + 1) * t]).0 as u32;
+                }
+                let mut sums = vec![0f64; t * d];
+                let mut counts = vec![0usize; t];
+                for (j, &g) in of.iter().enumerate() {
+                    counts[g as usize] += 1;
+                    let s = &mut sums[g as usize * d..(g as usize + 1) * d];
+                    for (a, &v) in s.iter_mut().zip(&c[j * d..(j + 1) * d]) {
+                        *a += v as f64;
+                    }
+                }
+                for g in (0..t).filter(|&g| counts[g] > 0) {
+                    let inv = 1.0 / counts[g] as f64;
+                    for (o, &s) in gc[g * d..(g + 1) * d].iter_mut().zip(&sums[g * d..]) {
+                        *o = (s * inv) as f32;
+                    }
+                }
+            }
+        }
+        // Drop empty groups and renumber.
+        let mut counts = vec![0usize; t];
+        of.iter().for_each(|&g| counts[g as usize] += 1);
+        let mut renum = vec![0u32; t];
+        let mut start = vec![0usize];
+        for g in (0..t).filter(|&g| counts[g] > 0) {
+            renum[g] = (start.len() - 1) as u32;
+            start.push(start[start.len() - 1] + counts[g]);
+        }
+        of.iter_mut().for_each(|g| *g = renum[*g as usize]);
+        let mut fill = start.clone();
+        let mut order = vec![0u32; k];
+        for (j, &g) in of.iter().enumerate() {
+            order[fill[g as usize]] = j as u32;
+            fill[g as usize] += 1;
+        }
+        Groups { order, start, of }
+    }
+}
+
+/// Bounds of each point: `upper` ≥ its distance to its centroid; `lower`
+/// (n × groups) ≤ its distance to every other centroid of each group.
 struct Bounds {
     upper: Vec<f32>,
     lower: Vec<f32>,
 }
 
-/// The assignment step with Hamerly's bounds (exact: a point is skipped only
-/// when its bounds prove that its label cannot change, with a margin for the
-/// rounding of the computed distances). Rows not skipped are recomputed
-/// against all centroids by a GEMM per fixed block (all rows of the block
-/// when `all`). `dists` gets the squared distance of recomputed rows.
-/// Returns the number of rows recomputed.
+/// The centroids of one iteration in group order, with what the bounded
+/// assignment needs.
+struct GroupedCentroids<'a> {
+    /// Original order (for the exact distance to a point's own centroid).
+    c: &'a [f32],
+    /// Rows permuted into group order, and their squared norms.
+    cp: Vec<f32>,
+    cp_norms: Vec<f32>,
+    groups: &'a Groups,
+    /// Half the distance from each centroid to its nearest other one (a
+    /// lower bound), original order; zeros when not computed.
+    half_sep: Vec<f32>,
+    /// How far each centroid moved in the last update (an upper bound), and
+    /// the largest move in each group.
+    drift: &'a [f64],
+    group_drift: &'a [f64],
+    c_max: f64,
+}
+
+/// Work buffers of one thread of [`assign_grouped`].
+#[derive(Default)]
+struct Scratch {
+    need: Vec<u32>,
+    per_group: Vec<Vec<u32>>,
+    gathered: Vec<f32>,
+    dots: Vec<f32>,
+    dots_rows: Vec<f32>,
+    best: Vec<(f32, u32)>,
+    cols: GroupScan,
+    /// (row position in `need`, group, smallest, second smallest, original
+    /// index of the smallest) for every group computed for a row.
+    found: Vec<(u32, u32, f32, f32, u32)>,
+}
+
+/// Per row, the smallest value over one group of centroids, the second
+/// smallest and the original index of the smallest.
+#[derive(Default)]
+struct GroupScan {
+    m1: Vec<f32>,
+    m2: Vec<f32>,
+    arg: Vec<u32>,
+}
+
+impl GroupScan {
+    /// Over group `g` of the centroids, for each of the `m` rows whose
+    /// products with the group's centroids are the columns of `dots` (one
+    /// row of `m` per centroid): the smallest value of `‖c‖² − 2x·c`, the
+    /// second smallest and the original index of the smallest (the lowest
+    /// among equals: a group's centroids are in ascending order), into
+    /// `m1`, `m2` and `arg`.
+    fn scan(&mut self, gc: &GroupedCentroids, g: usize, dots: &[f32], m: usize) {
+        let (st, en) = (gc.groups.start[g], gc.groups.start[g + 1]);
+        self.m1.resize(m, 0.0);
+        self.m2.resize(m, 0.0);
+        self.arg.resize(m, 0);
+        column_argmin2(
+            &gc.cp_norms[st..en],
+            dots,
+            &mut self.m1,
+            &mut self.m2,
+            &mut self.arg,
+        );
+        for a in &mut self.arg {
+            *a = gc.groups.order[st + *a as usize];
+        }
+    }
+}
+
+/// Rows per block of the bounded assignment: larger than [`ROW_BLOCK`] so
+/// that the rows needing one group make a product large enough to run at
+/// full rate. Fixed, like every block size here.
+const GROUP_BLOCK: usize = 256;
+
+/// The assignment step with grouped (Yinyang) bounds, exact: a point keeps
+/// its label when its bounds prove that no centroid is nearer, and a group
+/// of centroids is skipped for a point when its bound proves none of them is
+/// nearer, with a margin for the rounding of the computed distances; the
+/// labels are those of the plain step up to exact float ties, which go to
+/// the lowest index as there. With `full`, every point is compared with every
+/// centroid and its bounds are set afresh. Otherwise the bounds are first
+/// moved by the last update's drifts. Work is split in fixed row blocks; a
+/// block's products are one GEMM per group over the points that need it.
+/// `dists` gets the squared distance of the points that were compared.
+/// Returns the number of point-centroid distances computed.
 #[allow(clippy::too_many_arguments)]
-fn assign_bounded(
+fn assign_grouped(
     x: &[f32],
     x_norms: &[f32],
-    c: &[f32],
-    c_norms: &[f32],
-    half_sep: &[f32],
     d: usize,
-    all: bool,
+    gc: &GroupedCentroids,
+    full: bool,
     labels: &mut [u32],
     dists: &mut [f32],
     bounds: &mut Bounds,
 ) -> usize {
-    let k = c_norms.len();
-    let c_max = c_norms.iter().fold(0f32, |a, &b| a.max(b)) as f64;
+    let k = gc.cp_norms.len();
+    let t = gc.groups.len();
     let parts: Vec<usize> = x
-        .par_chunks(ROW_BLOCK * d)
-        .zip(labels.par_chunks_mut(ROW_BLOCK))
-        .zip(dists.par_chunks_mut(ROW_BLOCK))
-        .zip(bounds.upper.par_chunks_mut(ROW_BLOCK))
-        .zip(bounds.lower.par_chunks_mut(ROW_BLOCK))
+        .par_chunks(GROUP_BLOCK * d)
+        .zip(labels.par_chunks_mut(GROUP_BLOCK))
+        .zip(dists.par_chunks_mut(GROUP_BLOCK))
+        .zip(bounds.upper.par_chunks_mut(GROUP_BLOCK))
+        .zip(bounds.lower.par_chunks_mut(GROUP_BLOCK * t))
         .enumerate()
-        .map_init(
-            || (Vec::new(), Vec::new(), Vec::new()),
-            |(rows_buf, gathered, dots), (b, ((((xb, lb), db), ub), lwb))| {
-                let rows = lb.len();
-                rows_buf.clear();
-                rows_buf.extend(
-                    (0..rows).filter(|&r| all || ub[r] > lwb[r].max(half_sep[lb[r] as usize])),
-                );
-                let m = rows_buf.len();
-                if m == 0 {
-                    return 0;
+        .map_init(Scratch::default, |s, (b, ((((xb, lb), db), ub), lwb))| {
+            let rows = lb.len();
+            let base = b * GROUP_BLOCK;
+            s.need.clear();
+            s.per_group.resize_with(t, Vec::new);
+            s.per_group.iter_mut().for_each(Vec::clear);
+            let mut pairs_needed = 0usize;
+            for r in 0..rows {
+                if full {
+                    s.need.push(r as u32);
+                    continue;
                 }
+                let a = lb[r] as usize;
+                let lw = &mut lwb[r * t..(r + 1) * t];
+                let mut glb = f32::INFINITY;
+                for (l, &gd) in lw.iter_mut().zip(gc.group_drift) {
+                    *l = ((*l as f64 - gd).max(0.0) * (1.0 - 1e-6)) as f32;
+                    glb = glb.min(*l);
+                }
+                let bound = glb.max(gc.half_sep[a]);
+                let u = ((ub[r] as f64 + gc.drift[a]) * (1.0 + 1e-6)) as f32;
+                ub[r] = u;
+                if u <= bound {
+                    continue;
+                }
+                // Tighten the upper bound to the exact distance.
+                let xn = x_norms[base + r] as f64;
+                let e = DIST_REL_ERR * (xn + gc.c_max);
+                let exact = sq_dist(&xb[r * d..(r + 1) * d], &gc.c[a * d..(a + 1) * d]);
+                let u = ((exact + e).sqrt() * (1.0 + 1e-6)) as f32;
+                ub[r] = u;
+                if u <= bound {
+                    continue;
+                }
+                let own = gc.groups.of[a] as usize;
+                for (g, &l) in lw.iter().enumerate() {
+                    if l < u || g == own {
+                        s.per_group[g].push(r as u32);
+                        pairs_needed += gc.groups.start[g + 1] - gc.groups.start[g];
+                    }
+                }
+                s.need.push(r as u32);
+            }
+            let m = s.need.len();
+            if m == 0 {
+                return 0;
+            }
+            s.best.clear();
+            s.best.resize(m, (f32::INFINITY, u32::MAX));
+            s.found.clear();
+            // Each needed row's position in `need`.
+            let mut pos = vec![u32::MAX; rows];
+            for (p, &r) in s.need.iter().enumerate() {
+                pos[r as usize] = p as u32;
+            }
+            let computed;
+            if full || pairs_needed * 2 >= m * k {
+                // Most groups are needed: one product of the rows with all
+                // centroids, every group scanned.
+                computed = m * k;
                 let src: &[f32] = if m == rows {
                     xb
                 } else {
-                    gathered.clear();
-                    for &r in rows_buf.iter() {
-                        gathered.extend_from_slice(&xb[r * d..(r + 1) * d]);
+                    s.gathered.clear();
+                    for &r in &s.need {
+                        let r = r as usize;
+                        s.gathered.extend_from_slice(&xb[r * d..(r + 1) * d]);
                     }
-                    gathered
+                    &s.gathered
                 };
-                dots.resize(m * k, 0.0);
-                crate::linalg::dot_nt(src, m, c, k, d, dots);
-                for (g, &r) in rows_buf.iter().enumerate() {
-                    let row = &dots[g * k..(g + 1) * k];
-                    let (mut best, mut b1, mut b2) = (0usize, f32::INFINITY, f32::INFINITY);
-                    for (j, (&cn, &dot)) in c_norms.iter().zip(row).enumerate() {
-                        let v = cn - 2.0 * dot;
-                        if v < b1 {
-                            b2 = b1;
-                            b1 = v;
-                            best = j;
-                        } else if v < b2 {
-                            b2 = v;
-                        }
+                s.dots.resize(m * k, 0.0);
+                crate::linalg::dot_nt_transposed(
+                    src,
+                    m,
+                    &gc.cp,
+                    k,
+                    d,
+                    &mut s.dots,
+                    &mut s.dots_rows,
+                );
+                for g in 0..t {
+                    let (st, en) = (gc.groups.start[g], gc.groups.start[g + 1]);
+                    s.cols.scan(gc, g, &s.dots[st * m..en * m], m);
+                    for p in 0..m {
+                        let c = &s.cols;
+                        let found = (p as u32, g as u32, c.m1[p], c.m2[p], c.arg[p]);
+                        s.found.push(found);
                     }
-                    let xn = x_norms[b * ROW_BLOCK + r];
-                    let e = DIST_REL_ERR * (xn as f64 + c_max);
-                    let d1 = (xn + b1).max(0.0);
-                    lb[r] = best as u32;
-                    db[r] = d1;
-                    ub[r] = ((d1 as f64 + e).sqrt() * (1.0 + 1e-6)) as f32;
-                    lwb[r] = if k > 1 {
-                        (((xn + b2) as f64 - e).max(0.0).sqrt() * (1.0 - 1e-6)) as f32
-                    } else {
-                        f32::INFINITY
-                    };
                 }
-                m
-            },
-        )
+            } else {
+                computed = pairs_needed;
+                for g in 0..t {
+                    let rows_g = &s.per_group[g];
+                    if rows_g.is_empty() {
+                        continue;
+                    }
+                    let (st, en) = (gc.groups.start[g], gc.groups.start[g + 1]);
+                    let kg = en - st;
+                    let mg = rows_g.len();
+                    s.gathered.clear();
+                    for &r in rows_g {
+                        let r = r as usize;
+                        s.gathered.extend_from_slice(&xb[r * d..(r + 1) * d]);
+                    }
+                    s.dots.resize(mg * kg, 0.0);
+                    #[cfg(test)]
+                    GROUP_PRODUCTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    crate::linalg::dot_nt_transposed(
+                        &s.gathered,
+                        mg,
+                        &gc.cp[st * d..en * d],
+                        kg,
+                        d,
+                        &mut s.dots,
+                        &mut s.dots_rows,
+                    );
+                    s.cols.scan(gc, g, &s.dots[..mg * kg], mg);
+                    for (q, &r) in s.per_group[g].iter().enumerate() {
+                        let c = &s.cols;
+                        let found = (pos[r as usize], g as u32, c.m1[q], c.m2[q], c.arg[q]);
+                        s.found.push(found);
+                    }
+                }
+            }
+            // The nearest centroid of each row over its computed groups
+            // (lowest original index among equals).
+            for &(p, _, m1, _, arg) in &s.found {
+                let best = &mut s.best[p as usize];
+                if m1 < best.0 || (m1 == best.0 && arg < best.1) {
+                    *best = (m1, arg);
+                }
+            }
+            for (p, &r) in s.need.iter().enumerate() {
+                let r = r as usize;
+                let (v, arg) = s.best[p];
+                let xn = x_norms[base + r];
+                let e = DIST_REL_ERR * (xn as f64 + gc.c_max);
+                let d1 = (xn + v).max(0.0);
+                lb[r] = arg;
+                db[r] = d1;
+                ub[r] = ((d1 as f64 + e).sqrt() * (1.0 + 1e-6)) as f32;
+            }
+            // Fresh lower bounds of the computed groups: the group's smallest
+            // distance, or its second smallest when it holds the new label.
+            for &(p, g, m1, m2, _) in &s.found {
+                let r = s.need[p as usize] as usize;
+                let label = lb[r];
+                let m = if gc.groups.of[label as usize] == g {
+                    m2
+                } else {
+                    m1
+                };
+                let xn = x_norms[base + r];
+                let e = DIST_REL_ERR * (xn as f64 + gc.c_max);
+                lwb[r * t + g as usize] = if m.is_finite() {
+                    (((xn + m) as f64 - e).max(0.0).sqrt() * (1.0 - 1e-6)) as f32
+                } else {
+                    f32::INFINITY
+                };
+            }
+            computed
+        })
         .collect();
     parts.iter().sum()
 }
@@ -544,9 +830,10 @@ fn half_separation(c: &[f32], c_norms: &[f32], d: usize) -> Vec<f32> {
 /// Lloyd iterations from `centroids`; returns the run's result with labels
 /// and inertia taken against the returned centroids.
 ///
-/// With `bounded`, the assignment step skips the points whose label
-/// Hamerly's bounds prove unchanged; the labels are those of the plain step
-/// (up to exact float ties), and so are the centroids.
+/// With `bounded`, the assignment step skips the points and groups of
+/// centroids whose bounds prove the label unchanged ([`assign_grouped`]); the
+/// labels are those of the plain step (up to exact float ties), and so are the
+/// centroids.
 #[allow(clippy::too_many_arguments)]
 fn lloyd(
     x: &[f32],
@@ -563,55 +850,89 @@ fn lloyd(
     let mut labels = vec![0u32; n];
     let mut prev = vec![u32::MAX; n];
     let mut dists = vec![0f32; n];
-    let nb = if bounded { n } else { 0 };
-    let mut bounds = Bounds {
-        upper: vec![0f32; nb],
-        lower: vec![0f32; nb],
+    let groups = if bounded && max_iter > 0 {
+        Some(Groups::new(&centroids, k, d))
+    } else {
+        None
     };
-    let mut all = true;
+    let t = groups.as_ref().map_or(0, Groups::len);
+    let mut bounds = Bounds {
+        upper: vec![0f32; if t > 0 { n } else { 0 }],
+        lower: vec![0f32; n * t],
+    };
+    let mut drift = vec![0f64; k];
+    let mut group_drift = vec![0f64; t];
+    // Whether the next bounded step compares every point with every centroid.
+    let mut full = true;
     // Iterations left before the bounds are tried again after they failed
-    // to skip much (on data where they never help, the bounded step costs
-    // the same as the plain one plus bookkeeping).
+    // to skip at least half of the distances (a bounded step that computes
+    // more than about half of them costs more than a full one: its products
+    // are smaller and its rows are copied per group). Full steps also reset
+    // the bounds to exact values.
     let mut cooldown = 0usize;
+    let mut sums = ClusterSums::new();
     let mut n_iter = 0;
     let mut converged = false;
     for it in 0..max_iter {
         let c_norms = row_sq_norms(&centroids, d);
-        // Whether every point is (re)assigned from exact distances this time.
-        let mut full = !bounded;
-        if bounded {
+        if let Some(groups) = &groups {
             if cooldown > 0 {
                 cooldown -= 1;
-                all = true;
+                full = true;
             }
-            let half_sep = if all {
-                vec![0f32; k]
-            } else {
-                half_separation(&centroids, &c_norms, d)
+            let mut gc = GroupedCentroids {
+                c: &centroids,
+                cp: groups
+                    .order
+                    .iter()
+                    .flat_map(|&j| {
+                        centroids[j as usize * d..(j as usize + 1) * d]
+                            .iter()
+                            .copied()
+                    })
+                    .collect(),
+                cp_norms: groups.order.iter().map(|&j| c_norms[j as usize]).collect(),
+                groups,
+                half_sep: if full {
+                    vec![0f32; k]
+                } else {
+                    half_separation(&centroids, &c_norms, d)
+                },
+                drift: &drift,
+                group_drift: &group_drift,
+                c_max: c_norms.iter().fold(0f32, |a, &b| a.max(b)) as f64,
             };
-            let tried = !all;
-            let done = assign_bounded(
+            let done = assign_grouped(
                 x,
                 x_norms,
-                &centroids,
-                &c_norms,
-                &half_sep,
                 d,
-                all,
+                &gc,
+                full,
                 &mut labels,
                 &mut dists,
                 &mut bounds,
             );
-            if tried && done * 5 > n * 4 {
-                cooldown = 4;
+            if !full && done * 2 > n * k {
+                cooldown = 2;
             }
             let mut has = vec![false; k];
             labels.iter().for_each(|&l| has[l as usize] = true);
-            // Empty clusters are repaired from exact distances of all points.
-            full = done < n && has.contains(&false);
-            all = full;
-        }
-        if full {
+            if !full && has.contains(&false) {
+                // Empty clusters are repaired from exact distances of all points.
+                gc.half_sep = vec![0f32; k];
+                assign_grouped(
+                    x,
+                    x_norms,
+                    d,
+                    &gc,
+                    true,
+                    &mut labels,
+                    &mut dists,
+                    &mut bounds,
+                );
+            }
+            full = false;
+        } else {
             nearest(
                 x,
                 x_norms,
@@ -623,24 +944,21 @@ fn lloyd(
                 &mut dists,
             );
         }
-        let new = update_centroids(x, n, d, k, &labels, &dists, &centroids, spherical);
-        let drift: Vec<f64> = (0..k)
+        sums.update(x, d, k, &labels);
+        let new = sums.centroids(x, d, &dists, &centroids, spherical);
+        let sq_drift: Vec<f64> = (0..k)
             .map(|j| sq_dist(&new[j * d..(j + 1) * d], &centroids[j * d..(j + 1) * d]))
             .collect();
-        let shift: f64 = drift.iter().sum();
-        if bounded && !all {
-            let max_drift = drift.iter().fold(0f64, |a, &b| a.max(b)).sqrt() * (1.0 + 1e-9);
-            let dr = &drift;
-            bounds
-                .upper
-                .par_iter_mut()
-                .zip(bounds.lower.par_iter_mut())
-                .zip(labels.par_iter())
-                .for_each(|((u, l), &a)| {
-                    let p = dr[a as usize].sqrt() * (1.0 + 1e-9);
-                    *u = ((*u as f64 + p) * (1.0 + 1e-6)) as f32;
-                    *l = ((*l as f64 - max_drift).max(0.0) * (1.0 - 1e-6)) as f32;
-                });
+        let shift: f64 = sq_drift.iter().sum();
+        if let Some(groups) = &groups {
+            for (dr, &s) in drift.iter_mut().zip(&sq_drift) {
+                *dr = s.sqrt() * (1.0 + 1e-9);
+            }
+            for (g, gd) in group_drift.iter_mut().enumerate() {
+                *gd = groups.order[groups.start[g]..groups.start[g + 1]]
+                    .iter()
+                    .fold(0f64, |a, &j| a.max(drift[j as usize]));
+            }
         }
         centroids = new;
         n_iter = it + 1;
@@ -686,20 +1004,151 @@ pub fn exact_inertia(x: &[f32], d: usize, centroids: &[f32], labels: &[u32]) -> 
     parts.iter().sum()
 }
 
-/// New centroids: the mean of each cluster's members, summed in index order
-/// (f64). Empty clusters take the points farthest from their centroid.
-#[allow(clippy::too_many_arguments)]
-fn update_centroids(
-    x: &[f32],
-    n: usize,
-    d: usize,
-    k: usize,
-    labels: &[u32],
-    dists: &[f32],
-    old: &[f32],
-    spherical: bool,
-) -> Vec<f32> {
-    // Stable counting sort of the points by label.
+/// Running per-cluster sums (f64) and member counts of the points, kept in
+/// step with their labels: built once in index order, then moved by the
+/// points that changed cluster, in index order, so an iteration touches only
+/// those points (the plain update reads every point again).
+struct ClusterSums {
+    sums: Vec<f64>,
+    counts: Vec<usize>,
+    /// The labels the sums reflect (`None` before the first build).
+    labels: Option<Vec<u32>>,
+}
+
+impl ClusterSums {
+    fn new() -> Self {
+        ClusterSums {
+            sums: Vec::new(),
+            counts: Vec::new(),
+            labels: None,
+        }
+    }
+
+    /// Brings the sums in step with `labels`. Parallel over clusters; each
+    /// cluster's additions and removals are applied in index order, so the
+    /// result does not depend on the thread count.
+    fn update(&mut self, x: &[f32], d: usize, k: usize, labels: &[u32]) {
+        let n = labels.len();
+        let Some(prev) = self.labels.as_mut() else {
+            // First build: each cluster's members summed in index order.
+            let (offsets, order) = sort_by_label(labels, k);
+            self.counts = (0..k).map(|j| offsets[j + 1] - offsets[j]).collect();
+            self.sums = vec![0f64; k * d];
+            self.sums
+                .par_chunks_mut(d)
+                .enumerate()
+                .for_each(|(j, acc)| {
+                    accumulate_rows(acc, x, &order[offsets[j]..offsets[j + 1]], d);
+                });
+            self.labels = Some(labels.to_vec());
+            return;
+        };
+        // Moves, grouped by the cluster they touch: (point, +1 joins / −1 leaves).
+        let moved: Vec<u32> = (0..n as u32)
+            .filter(|&i| labels[i as usize] != prev[i as usize])
+            .collect();
+        if moved.is_empty() {
+            return;
+        }
+        let mut offsets = vec![0usize; k + 1];
+        for &i in &moved {
+            offsets[labels[i as usize] as usize + 1] += 1;
+            offsets[prev[i as usize] as usize + 1] += 1;
+        }
+        for j in 0..k {
+            offsets[j + 1] += offsets[j];
+        }
+        let mut fill = offsets.clone();
+        let mut moves = vec![(0u32, false); offsets[k]];
+        for &i in &moved {
+            for (j, joins) in [(labels[i as usize], true), (prev[i as usize], false)] {
+                moves[fill[j as usize]] = (i, joins);
+                fill[j as usize] += 1;
+            }
+        }
+        self.sums
+            .par_chunks_mut(d)
+            .zip(self.counts.par_iter_mut())
+            .enumerate()
+            .for_each(|(j, (acc, count))| {
+                for &(i, joins) in &moves[offsets[j]..offsets[j + 1]] {
+                    let src = &x[i as usize * d..(i as usize + 1) * d];
+                    if joins {
+                        *count += 1;
+                        add_row(acc, src);
+                    } else {
+                        *count -= 1;
+                        sub_row(acc, src);
+                    }
+                }
+            });
+        for &i in &moved {
+            prev[i as usize] = labels[i as usize];
+        }
+    }
+
+    /// The centroids: each cluster's mean (unit-normalised when
+    /// `spherical`; a zero mean keeps the old centroid). Empty clusters take
+    /// the points farthest from their centroid (`dists`), farthest first,
+    /// ties by index.
+    fn centroids(
+        &self,
+        x: &[f32],
+        d: usize,
+        dists: &[f32],
+        old: &[f32],
+        spherical: bool,
+    ) -> Vec<f32> {
+        let k = self.counts.len();
+        let n = dists.len();
+        let mut new = vec![0f32; k * d];
+        new.par_chunks_mut(d).enumerate().for_each(|(j, row)| {
+            let count = self.counts[j];
+            if count == 0 {
+                return;
+            }
+            let inv = 1.0 / count as f64;
+            let mut norm = 0f64;
+            for (o, a) in row.iter_mut().zip(&self.sums[j * d..(j + 1) * d]) {
+                let m = a * inv;
+                norm += m * m;
+                *o = m as f32;
+            }
+            if spherical {
+                if norm > 0.0 {
+                    let s = (1.0 / norm.sqrt()) as f32;
+                    row.iter_mut().for_each(|v| *v *= s);
+                } else {
+                    row.copy_from_slice(&old[j * d..(j + 1) * d]);
+                }
+            }
+        });
+        let empty: Vec<usize> = (0..k).filter(|&j| self.counts[j] == 0).collect();
+        if !empty.is_empty() {
+            // Farthest points first; ties by index, so the choice is deterministic.
+            let mut far: Vec<u32> = (0..n as u32).collect();
+            let m = empty.len().min(n);
+            let cmp = |a: &u32, b: &u32| {
+                dists[*b as usize]
+                    .total_cmp(&dists[*a as usize])
+                    .then(a.cmp(b))
+            };
+            if m < n {
+                far.select_nth_unstable_by(m, cmp);
+            }
+            far.truncate(m);
+            far.sort_unstable_by(cmp);
+            for (&j, &i) in empty.iter().zip(&far) {
+                new[j * d..(j + 1) * d].copy_from_slice(&x[i as usize * d..(i as usize + 1) * d]);
+            }
+        }
+        new
+    }
+}
+
+/// Stable counting sort of the points by label: `(offsets, order)` with the
+/// members of cluster `j` at `order[offsets[j]..offsets[j + 1]]`, ascending.
+fn sort_by_label(labels: &[u32], k: usize) -> (Vec<usize>, Vec<u32>) {
     let mut offsets = vec![0usize; k + 1];
     for &l in labels {
         offsets[l as usize + 1] += 1;
@@ -708,60 +1157,12 @@ fn update_centroids(
         offsets[j + 1] += offsets[j];
     }
     let mut fill = offsets.clone();
-    let mut order = vec![0u32; n];
+    let mut order = vec![0u32; labels.len()];
     for (i, &l) in labels.iter().enumerate() {
         order[fill[l as usize]] = i as u32;
         fill[l as usize] += 1;
     }
-    let mut new = vec![0f32; k * d];
-    new.par_chunks_mut(d).enumerate().for_each(|(j, row)| {
-        let members = &order[offsets[j]..offsets[j + 1]];
-        if members.is_empty() {
-            return;
-        }
-        let mut acc = vec![0f64; d];
-        for &i in members {
-            let src = &x[i as usize * d..(i as usize + 1) * d];
-            for (a, &v) in acc.iter_mut().zip(src) {
-                *a += v as f64;
-            }
-        }
-        let inv = 1.0 / members.len() as f64;
-        let mut norm = 0f64;
-        for (o, a) in row.iter_mut().zip(&acc) {
-            let m = a * inv;
-            norm += m * m;
-            *o = m as f32;
-        }
-        if spherical {
-            if norm > 0.0 {
-                let s = (1.0 / norm.sqrt()) as f32;
-                row.iter_mut().for_each(|v| *v *= s);
-            } else {
-                row.copy_from_slice(&old[j * d..(j + 1) * d]);
-            }
-        }
-    });
-    let empty: Vec<usize> = (0..k).filter(|&j| offsets[j] == offsets[j + 1]).collect();
-    if !empty.is_empty() {
-        // Farthest points first; ties by index, so the choice is deterministic.
-        let mut far: Vec<u32> = (0..n as u32).collect();
-        let m = empty.len().min(n);
-        let cmp = |a: &u32, b: &u32| {
-            dists[*b as usize]
-                .total_cmp(&dists[*a as usize])
-                .then(a.cmp(b))
-        };
-        if m < n {
-            far.select_nth_unstable_by(m, cmp);
-        }
-        far.truncate(m);
-        far.sort_unstable_by(cmp);
-        for (&j, &i) in empty.iter().zip(&far) {
-            new[j * d..(j + 1) * d].copy_from_slice(&x[i as usize * d..(i as usize + 1) * d]);
-        }
-    }
-    new
+    (offsets, order)
 }
 
 #[cfg(test)]
@@ -817,14 +1218,14 @@ mod tests {
             let norms = row_sq_norms(&x, d);
             let before = SKIPPED_BLOCKS.load(std::sync::atomic::Ordering::Relaxed);
             let a = in_pool(2, || {
-                kmeans_plus_plus(&x, &norms, n, d, k, &mut Rng::new(5), true)
+                kmeans_plus_plus(&x, &norms, n, d, k, None, &mut Rng::new(5), true)
             });
             let skipped = SKIPPED_BLOCKS.load(std::sync::atomic::Ordering::Relaxed) - before;
             let b = in_pool(1, || {
-                kmeans_plus_plus(&x, &norms, n, d, k, &mut Rng::new(5), false)
+                kmeans_plus_plus(&x, &norms, n, d, k, None, &mut Rng::new(5), false)
             });
             let c = in_pool(3, || {
-                kmeans_plus_plus(&x, &norms, n, d, k, &mut Rng::new(5), true)
+                kmeans_plus_plus(&x, &norms, n, d, k, None, &mut Rng::new(5), true)
             });
             let bits = |v: &[f32]| v.iter().map(|t| t.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&a), bits(&b), "sorted={sorted} noise={noise}");
@@ -837,12 +1238,14 @@ mod tests {
 
     #[test]
     fn bounded_lloyd_matches_plain_lloyd() {
-        let d = 16;
+        let d = 32;
         for (sorted, noise, k, iters) in [
             (true, 2.0, 12, 30),
             (false, 8.0, 25, 40),
             (false, 30.0, 7, 15),
             (true, 0.5, 10, 10),
+            (false, 4.0, 70, 25),
+            (true, 1.0, 90, 25),
         ] {
             let x = hd_blobs(300, 10, d, noise, sorted);
             let n = x.len() / d;
@@ -854,7 +1257,13 @@ mod tests {
                 })
             };
             let plain = run(false, 1);
+            let before = GROUP_PRODUCTS.load(std::sync::atomic::Ordering::Relaxed);
             let fast = run(true, 2);
+            if k >= 70 {
+                assert!(Groups::new(&init, k, d).len() > 2);
+                let products = GROUP_PRODUCTS.load(std::sync::atomic::Ordering::Relaxed) - before;
+                assert!(products > 0, "the grouped bounds never skipped a group");
+            }
             assert_eq!(plain.labels, fast.labels, "noise={noise} k={k}");
             assert_eq!(plain.n_iter, fast.n_iter);
             let bits = |v: &[f32]| v.iter().map(|t| t.to_bits()).collect::<Vec<_>>();
@@ -1008,5 +1417,37 @@ mod tests {
         p = KMeansParams::new(1);
         p.tol = -1.0;
         assert!(kmeans(&x, 3, 2, &p).is_err());
+        p = KMeansParams::new(1);
+        p.n_local_trials = Some(0);
+        let e = kmeans(&x, 3, 2, &p).unwrap_err();
+        assert!(e.to_string().starts_with("n_local_trials:"), "{e}");
+    }
+
+    #[test]
+    fn one_local_trial_is_plain_kmeans_plus_plus() {
+        let x = hd_blobs(200, 10, 8, 0.5, false);
+        let n = x.len() / 8;
+        let mut p = KMeansParams::new(10);
+        p.max_iter = 0;
+        p.n_local_trials = Some(1);
+        let a = kmeans(&x, n, 8, &p).unwrap();
+        // Seeds are distinct data points, reproducible, and spread over the
+        // blobs: far better than one centre.
+        assert_eq!(a, kmeans(&x, n, 8, &p).unwrap());
+        let rows: Vec<&[f32]> = x.chunks(8).collect();
+        let mut seeds: Vec<&[f32]> = a.centroids.chunks(8).collect();
+        assert!(seeds.iter().all(|c| rows.contains(c)));
+        seeds.dedup();
+        assert_eq!(seeds.len(), 10);
+        let one = kmeans(&x, n, 8, &KMeansParams::new(1)).unwrap();
+        assert!(
+            a.inertia < 0.2 * one.inertia,
+            "{} vs {}",
+            a.inertia,
+            one.inertia
+        );
+        // Greedy differs (more candidates drawn per centre).
+        p.n_local_trials = None;
+        assert_ne!(kmeans(&x, n, 8, &p).unwrap().centroids, a.centroids);
     }
 }

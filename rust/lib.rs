@@ -11,6 +11,7 @@ pub mod linalg;
 pub mod lookup;
 pub mod parallel;
 pub mod rng;
+mod simd;
 pub mod store;
 
 #[cfg(feature = "python")]

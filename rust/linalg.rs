@@ -56,13 +56,39 @@ pub fn dot_nt(a: &[f32], m: usize, b: &[f32], n: usize, d: usize, out: &mut [f32
     }
 }
 
+/// `out (n×m) = b (n×d) · aᵀ (a is m×d)`: [`dot_nt`]'s products (the same
+/// values bit for bit), transposed, `out[j·m + i] = a_i · b_j`; `tmp` is
+/// scratch space. Single-threaded.
+pub fn dot_nt_transposed(
+    a: &[f32],
+    m: usize,
+    b: &[f32],
+    n: usize,
+    d: usize,
+    out: &mut [f32],
+    tmp: &mut Vec<f32>,
+) {
+    tmp.resize(m * n, 0.0);
+    dot_nt(a, m, b, n, d, tmp);
+    const TILE: usize = 16;
+    for i0 in (0..m).step_by(TILE) {
+        for j0 in (0..n).step_by(TILE) {
+            for i in i0..(i0 + TILE).min(m) {
+                for j in j0..(j0 + TILE).min(n) {
+                    out[j * m + i] = tmp[i * n + j];
+                }
+            }
+        }
+    }
+}
+
 /// Squared L2 norm of each row (accumulated in f64).
 pub fn row_sq_norms(x: &[f32], d: usize) -> Vec<f32> {
     if d == 0 {
         return vec![0.0; 0];
     }
     x.par_chunks(d)
-        .map(|r| r.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() as f32)
+        .map(|r| crate::simd::sq_norm(r) as f32)
         .collect()
 }
 
@@ -73,10 +99,7 @@ pub fn checked_sq_norms(arg: &'static str, x: &[f32], d: usize) -> Result<Vec<f3
     if d == 0 {
         return Ok(Vec::new());
     }
-    let norms: Vec<f64> = x
-        .par_chunks(d)
-        .map(|r| r.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
-        .collect();
+    let norms: Vec<f64> = x.par_chunks(d).map(crate::simd::sq_norm).collect();
     if let Some(row) = norms.iter().position(|v| !v.is_finite()) {
         return Err(Error::NonFinite { arg, row });
     }
@@ -85,13 +108,7 @@ pub fn checked_sq_norms(arg: &'static str, x: &[f32], d: usize) -> Result<Vec<f3
 
 /// Squared Euclidean distance between two rows, accumulated in f64.
 pub fn sq_dist(a: &[f32], b: &[f32]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| {
-            let t = x as f64 - y as f64;
-            t * t
-        })
-        .sum()
+    crate::simd::sq_dist(a, b)
 }
 
 /// Scales each row to unit L2 norm; returns the index of the first row

@@ -67,7 +67,7 @@ fn ids_to_py(py: Python<'_>, ids: Vec<u32>) -> Bound<'_, PyArray1<i64>> {
 
 /// k-means; see `protofast.kmeans` for the documented wrapper.
 #[pyfunction]
-#[pyo3(signature = (x, k, *, n_init, max_iter, tol, seed, init, init_centroids, spherical))]
+#[pyo3(signature = (x, k, *, n_init, max_iter, tol, seed, init, init_centroids, spherical, n_local_trials=None))]
 #[allow(clippy::too_many_arguments)]
 fn kmeans_raw<'py>(
     py: Python<'py>,
@@ -80,6 +80,7 @@ fn kmeans_raw<'py>(
     init: &str,
     init_centroids: Option<PyReadonlyArray2<'py, f32>>,
     spherical: bool,
+    n_local_trials: Option<usize>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let (data, n, d) = matrix(&x);
     let init = match (init, &init_centroids) {
@@ -108,6 +109,7 @@ fn kmeans_raw<'py>(
         seed,
         init,
         spherical,
+        n_local_trials,
     };
     let r = py.detach(|| parallel::install(|| kmeans(&data, n, d, &params)))??;
     let centroids = to_matrix(py, r.centroids, k, d);

@@ -155,6 +155,22 @@ def test_same_init_same_iterations_as_sklearn_lloyd() -> None:
     assert np.array_equal(ours.labels, theirs.labels_)
 
 
+@pytest.mark.parametrize("trials", [1, 3])
+def test_fewer_local_trials_give_a_comparable_clustering(trials: int) -> None:
+    x = blobs(200, 12, 16, 2.0, 6)
+    greedy = kmeans(x, 12, seed=3)
+    fast = kmeans(x, 12, seed=3, n_local_trials=trials)
+    again = kmeans(x, 12, seed=3, n_local_trials=trials)
+    assert np.array_equal(fast.centroids, again.centroids)
+    assert fast.inertia == again.inertia
+    assert fast.inertia == pytest.approx(greedy.inertia, rel=0.05)
+    seeds = kmeans(x, 12, seed=3, n_local_trials=trials, max_iter=0).centroids
+    assert not np.array_equal(seeds, kmeans(x, 12, seed=3, max_iter=0).centroids)
+    # Seeds are distinct points of x.
+    assert len({row.tobytes() for row in seeds}) == 12
+    assert all((x == row).all(axis=1).any() for row in seeds)
+
+
 def test_given_init_and_max_iter_zero_returns_init() -> None:
     x = blobs(50, 3, 2, 0.1, 5)
     init = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]], dtype=np.float32)
@@ -207,6 +223,8 @@ def test_accepts_any_real_array(convert) -> None:
         ({"seed": -1}, ProtofastError, "seed"),
         ({"init": "kmeans"}, ProtofastError, "init: expected 'k-means\\+\\+'"),
         ({"init": np.zeros((3, 2))}, ProtofastError, "init: expected 2×3"),
+        ({"n_local_trials": 0}, ProtofastError, "n_local_trials: must be at least 1"),
+        ({"n_local_trials": 1.0}, TypeError, "n_local_trials: expected an int"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(kwargs, exc, match) -> None:

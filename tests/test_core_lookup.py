@@ -46,3 +46,35 @@ def test_errors() -> None:
         nearest_prototype(np.zeros((2, 3)), np.ones((2, 3)), metric="cosine")
     with pytest.raises(ProtofastError, match="non-finite"):
         nearest_prototype(np.full((2, 3), np.inf), np.ones((2, 3)))
+
+
+@pytest.mark.parametrize("k", [1, 5, 16, 17])
+@pytest.mark.parametrize("d", [45, 384])
+def test_small_and_large_k_match_brute_force(k: int, d: int) -> None:
+    # k <= 16 takes the fused per-row kernel, k = 17 the blockwise products.
+    rng = np.random.default_rng(k * 1000 + d)
+    queries = rng.normal(size=(1000, d)).astype(np.float32)
+    cents = rng.normal(size=(k, d)).astype(np.float32)
+    dist = ((queries[:, None].astype(np.float64) - cents[None]) ** 2).sum(-1)
+    ids, scores = nearest_prototype(queries, cents)
+    assert np.mean(ids == dist.argmin(1)) > 0.999
+    np.testing.assert_allclose(scores, dist.min(1), rtol=1e-4)
+    ids, scores = nearest_prototype(queries, cents, metric="cosine")
+    qn = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    cos = qn @ (cents / np.linalg.norm(cents, axis=1, keepdims=True)).T
+    assert np.mean(ids == cos.argmax(1)) > 0.999
+    np.testing.assert_allclose(scores, cos.max(1), atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [3, 40])
+def test_first_bad_row_is_reported(k: int) -> None:
+    queries = np.ones((700, 8), dtype=np.float32)
+    queries[650, 2] = np.nan
+    queries[300, 7] = -np.inf
+    with pytest.raises(ProtofastError, match="queries: contains a non-finite value .* row 300"):
+        nearest_prototype(queries, np.ones((k, 8)))
+    queries[300, 7] = 1.0
+    queries[650, 2] = 1.0
+    queries[500] = 0.0
+    with pytest.raises(ProtofastError, match="queries: row 500 has zero norm"):
+        nearest_prototype(queries, np.ones((k, 8)), metric="cosine")

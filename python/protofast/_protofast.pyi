@@ -31,6 +31,7 @@ def kmeans_raw(
     init: str,
     init_centroids: npt.NDArray[np.float32] | None,
     spherical: bool,
+    n_local_trials: int | None = None,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], float, int, bool]: ...
 def nearest_prototype_raw(
     queries: npt.NDArray[np.float32], centroids: npt.NDArray[np.float32], metric: str

@@ -1,0 +1,298 @@
+//! Hot loops compiled for the CPU they run on.
+//!
+//! The crate is built for the baseline of its target (SSE2 on x86-64), so
+//! plain loops would use 128-bit vectors even on AVX-512 machines. Each
+//! function here is written once as portable code over fixed-width lanes and
+//! compiled again with AVX-512 and with AVX2 enabled; the widest version the
+//! CPU supports is picked at run time.
+//!
+//! Results never depend on the version picked: every loop is element-wise or
+//! reduces over a fixed number of lanes in a fixed order (no reassociation,
+//! no fused multiply-add), so all versions round identically.
+
+/// Defines `fn $name` that runs the body compiled for AVX-512F, AVX2 or the
+/// baseline, whichever is the widest the CPU supports.
+macro_rules! multiversion {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn imp($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+                unsafe fn v4($($arg: $ty),*) $(-> $ret)? { imp($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn v3($($arg: $ty),*) $(-> $ret)? { imp($($arg),*) }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512dq")
+                {
+                    // SAFETY: the CPU supports every feature `v4` enables.
+                    return unsafe { v4($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU supports every feature `v3` enables.
+                    return unsafe { v3($($arg),*) };
+                }
+            }
+            imp($($arg),*)
+        }
+    };
+}
+
+/// Lanes of the fixed-width reductions below.
+const LANES: usize = 16;
+
+multiversion! {
+    /// `acc[t] += Σ_i x[i·d + t]` over the rows `i` in `rows`, in their order,
+    /// in f64.
+    pub fn accumulate_rows(acc: &mut [f64], x: &[f32], rows: &[u32], d: usize) {
+        for &i in rows {
+            let src = &x[i as usize * d..(i as usize + 1) * d];
+            for (a, &v) in acc.iter_mut().zip(src) {
+                *a += v as f64;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `Σ_t a[t]²` in f64, over [`LANES`] partial sums added in lane order
+    /// (non-finite when `a` holds a NaN or an infinity).
+    pub fn sq_norm(a: &[f32]) -> f64 {
+        let full = a.len() / LANES * LANES;
+        let mut acc = [0f64; LANES];
+        for ca in a[..full].chunks_exact(LANES) {
+            for l in 0..LANES {
+                let t = ca[l] as f64;
+                acc[l] += t * t;
+            }
+        }
+        for (j, &v) in a[full..].iter().enumerate() {
+            acc[j] += v as f64 * v as f64;
+        }
+        acc.iter().sum()
+    }
+}
+
+multiversion! {
+    /// `acc[t] += src[t]` in f64.
+    pub fn add_row(acc: &mut [f64], src: &[f32]) {
+        for (a, &v) in acc.iter_mut().zip(src) {
+            *a += v as f64;
+        }
+    }
+}
+
+multiversion! {
+    /// `acc[t] −= src[t]` in f64.
+    pub fn sub_row(acc: &mut [f64], src: &[f32]) {
+        for (a, &v) in acc.iter_mut().zip(src) {
+            *a -= v as f64;
+        }
+    }
+}
+
+multiversion! {
+    /// Over `v_j = c_norms[j] − 2·dots[j]`: the index of the smallest (the
+    /// lowest index among equals), the smallest and the second smallest
+    /// (equal to the smallest when it occurs twice; +∞ when there is one
+    /// value). Both slices have the same non-zero length.
+    pub fn argmin2(c_norms: &[f32], dots: &[f32]) -> (usize, f32, f32) {
+        let k = c_norms.len().min(dots.len());
+        let mut m1 = [f32::INFINITY; LANES];
+        let mut m2 = [f32::INFINITY; LANES];
+        let mut i1 = [0u32; LANES];
+        let full = k / LANES * LANES;
+        for (base, (cc, dd)) in c_norms[..full]
+            .chunks_exact(LANES)
+            .zip(dots[..full].chunks_exact(LANES))
+            .enumerate()
+        {
+            let base = (base * LANES) as u32;
+            for l in 0..LANES {
+                let v = cc[l] - 2.0 * dd[l];
+                let lt = v < m1[l];
+                let second = if v < m2[l] { v } else { m2[l] };
+                m2[l] = if lt { m1[l] } else { second };
+                i1[l] = if lt { base + l as u32 } else { i1[l] };
+                m1[l] = if lt { v } else { m1[l] };
+            }
+        }
+        for j in full..k {
+            let l = j - full;
+            let v = c_norms[j] - 2.0 * dots[j];
+            if v < m1[l] {
+                m2[l] = m1[l];
+                m1[l] = v;
+                i1[l] = j as u32;
+            } else if v < m2[l] {
+                m2[l] = v;
+            }
+        }
+        // The best lane (lowest index among equal minima), then the second
+        // smallest: the best lane's runner-up or another lane's minimum.
+        let mut b = 0;
+        for l in 1..LANES {
+            if m1[l] < m1[b] || (m1[l] == m1[b] && i1[l] < i1[b]) {
+                b = l;
+            }
+        }
+        let mut second = m2[b];
+        for l in (0..LANES).filter(|&l| l != b) {
+            if m1[l] < second {
+                second = m1[l];
+            }
+        }
+        (i1[b] as usize, m1[b], second)
+    }
+}
+
+multiversion! {
+    /// `Σ_t (a[t] − b[t])²` in f64, over [`LANES`] partial sums (each over
+    /// the indices congruent modulo `LANES`, in order) added in lane order.
+    pub fn sq_dist(a: &[f32], b: &[f32]) -> f64 {
+        let n = a.len().min(b.len());
+        let full = n / LANES * LANES;
+        let mut acc = [0f64; LANES];
+        for (ca, cb) in a[..full].chunks_exact(LANES).zip(b[..full].chunks_exact(LANES)) {
+            for l in 0..LANES {
+                let t = ca[l] as f64 - cb[l] as f64;
+                acc[l] += t * t;
+            }
+        }
+        for j in full..n {
+            let t = a[j] as f64 - b[j] as f64;
+            acc[j - full] += t * t;
+        }
+        acc.iter().sum()
+    }
+}
+
+multiversion! {
+    /// For each column `r < m` of `vals` (`cn.len()` rows of `m`), over
+    /// `v_j = cn[j] − 2·vals[j·m + r]`: the smallest into `m1[r]`, the second
+    /// smallest into `m2[r]` (+∞ when there is one row) and the `j` of the
+    /// smallest, the lowest among equals, into `arg[r]`. Vectorised across
+    /// columns.
+    pub fn column_argmin2(cn: &[f32], vals: &[f32], m1: &mut [f32], m2: &mut [f32], arg: &mut [u32]) {
+        let m = m1.len().min(m2.len()).min(arg.len());
+        let (m1, m2, arg) = (&mut m1[..m], &mut m2[..m], &mut arg[..m]);
+        m1.fill(f32::INFINITY);
+        m2.fill(f32::INFINITY);
+        arg.fill(0);
+        for (j, (&c, row)) in cn.iter().zip(vals.chunks_exact(m.max(1))).enumerate() {
+            let row = &row[..m];
+            let j = j as u32;
+            for r in 0..m {
+                let v = c - 2.0 * row[r];
+                let lt = v < m1[r];
+                let second = if v < m2[r] { v } else { m2[r] };
+                m2[r] = if lt { m1[r] } else { second };
+                arg[r] = if lt { j } else { arg[r] };
+                m1[r] = if lt { v } else { m1[r] };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn argmin2_scalar(c_norms: &[f32], dots: &[f32]) -> (usize, f32, f32) {
+        let (mut best, mut b1, mut b2) = (0usize, f32::INFINITY, f32::INFINITY);
+        for (j, (&cn, &dot)) in c_norms.iter().zip(dots).enumerate() {
+            let v = cn - 2.0 * dot;
+            if v < b1 {
+                b2 = b1;
+                b1 = v;
+                best = j;
+            } else if v < b2 {
+                b2 = v;
+            }
+        }
+        (best, b1, b2)
+    }
+
+    #[test]
+    fn argmin2_matches_the_scalar_scan() {
+        let mut rng = Rng::new(4);
+        for k in [1, 2, 3, 15, 16, 17, 31, 33, 100, 257] {
+            for ties in [false, true] {
+                let c: Vec<f32> = (0..k)
+                    .map(|_| {
+                        if ties {
+                            rng.below(3) as f32
+                        } else {
+                            rng.next_f64() as f32
+                        }
+                    })
+                    .collect();
+                let dt: Vec<f32> = (0..k)
+                    .map(|_| if ties { 0.5 } else { rng.next_f64() as f32 })
+                    .collect();
+                let got = argmin2(&c, &dt);
+                let want = argmin2_scalar(&c, &dt);
+                assert_eq!(got.0, want.0, "k={k} ties={ties}");
+                assert_eq!(got.1.to_bits(), want.1.to_bits());
+                assert_eq!(got.2.to_bits(), want.2.to_bits(), "k={k} ties={ties}");
+            }
+        }
+    }
+
+    #[test]
+    fn column_argmin2_matches_the_scalar_scan_of_each_column() {
+        let mut rng = Rng::new(6);
+        for (kg, m) in [(1, 5), (3, 1), (16, 37), (20, 64)] {
+            for ties in [false, true] {
+                let cn: Vec<f32> = (0..kg).map(|_| rng.below(3) as f32).collect();
+                let vals: Vec<f32> = (0..kg * m)
+                    .map(|_| if ties { 0.25 } else { rng.next_f64() as f32 })
+                    .collect();
+                let (mut m1, mut m2, mut arg) = (vec![0f32; m], vec![0f32; m], vec![0u32; m]);
+                column_argmin2(&cn, &vals, &mut m1, &mut m2, &mut arg);
+                for r in 0..m {
+                    let col: Vec<f32> = (0..kg).map(|j| vals[j * m + r]).collect();
+                    let (b, v1, v2) = argmin2_scalar(&cn, &col);
+                    assert_eq!(
+                        (arg[r] as usize, m1[r].to_bits(), m2[r].to_bits()),
+                        (b, v1.to_bits(), v2.to_bits())
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sq_dist_matches_the_plain_sum() {
+        let mut rng = Rng::new(9);
+        for n in [0, 1, 15, 16, 17, 384, 1000] {
+            let a: Vec<f32> = (0..n).map(|_| rng.next_f64() as f32).collect();
+            let b: Vec<f32> = (0..n).map(|_| rng.next_f64() as f32).collect();
+            let plain: f64 = a
+                .iter()
+                .zip(&b)
+                .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+                .sum();
+            let got = sq_dist(&a, &b);
+            assert!((got - plain).abs() <= 1e-12 * plain.max(1.0), "n={n}");
+        }
+    }
+
+    #[test]
+    fn accumulate_rows_sums_in_f64() {
+        let x: Vec<f32> = (0..5 * 3).map(|v| v as f32 + 0.25).collect();
+        let mut acc = vec![0f64; 3];
+        accumulate_rows(&mut acc, &x, &[4, 0, 2], 3);
+        for (t, &a) in acc.iter().enumerate() {
+            let want: f64 = [4, 0, 2].iter().map(|&i| x[i * 3 + t] as f64).sum();
+            assert_eq!(a, want);
+        }
+    }
+}
