@@ -14,12 +14,15 @@ import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
     "LabelIndex",
     "index_labels",
+    "index_label_arrays",
+    "check_label_types",
     "hard_targets",
     "pairwise_targets",
     "pairwise_targets_from_similarity",
@@ -55,26 +58,60 @@ def index_labels(label_texts: Sequence[str]) -> LabelIndex:
     Raises:
         TypeError: If ``label_texts`` is a bare string or an element is not a string.
     """
+    labels, inverse, counts, first = index_label_arrays(label_texts)
+    return LabelIndex(labels, inverse.tolist(), counts.tolist(), first.tolist())
+
+
+def index_label_arrays(
+    label_texts: Sequence[str],
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`index_labels` with int64 numpy arrays instead of lists (the loss's fast path).
+
+    Args:
+        label_texts: One label per sample.
+
+    Returns:
+        ``(labels, inverse, counts, first)`` as in :class:`LabelIndex`, the last three as
+        int64 arrays.
+
+    Raises:
+        TypeError: If ``label_texts`` is a bare string or an element is not a string.
+    """
+    check_label_types(label_texts)
+    return _index_checked_labels(label_texts)
+
+
+def check_label_types(label_texts: Sequence[str]) -> None:
+    """Check that ``label_texts`` is a sequence of strings (not a bare string).
+
+    Raises:
+        TypeError: If ``label_texts`` is a bare string or an element is not a string.
+    """
     if isinstance(label_texts, str | bytes):
         raise TypeError("label_texts must be a sequence of strings, not a single string")
+    if not set(map(type, label_texts)) <= {str}:  # exact str everywhere: the common case
+        for i, label in enumerate(label_texts):
+            if not isinstance(label, str):
+                raise TypeError(f"label_texts[{i}] must be a str, got {type(label).__name__}")
+
+
+def _index_checked_labels(
+    label_texts: Sequence[str],
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`index_label_arrays` for labels already checked by :func:`check_label_types`."""
     position: dict[str, int] = {}
-    labels: list[str] = []
-    inverse: list[int] = []
-    counts: list[int] = []
-    first: list[int] = []
-    for i, label in enumerate(label_texts):
-        if not isinstance(label, str):
-            raise TypeError(f"label_texts[{i}] must be a str, got {type(label).__name__}")
-        j = position.get(label)
-        if j is None:
-            j = len(labels)
-            position[label] = j
-            labels.append(label)
-            counts.append(0)
-            first.append(i)
-        counts[j] += 1
-        inverse.append(j)
-    return LabelIndex(labels, inverse, counts, first)
+    # ids in order of first appearance; setdefault runs in C, only the comprehension in Python
+    inverse = np.fromiter(
+        [position.setdefault(label, len(position)) for label in label_texts],
+        dtype=np.int64,
+        count=len(label_texts),
+    )
+    labels = list(position)
+    counts = np.bincount(inverse, minlength=len(labels))
+    # ids are numbered by first appearance, so the running maximum of the ids reaches j
+    # exactly where label j first appears
+    first = np.searchsorted(np.maximum.accumulate(inverse), np.arange(len(labels)))
+    return labels, inverse, counts.astype(np.int64, copy=False), first
 
 
 def _check_temperature(name: str, value: float) -> float:
