@@ -140,6 +140,46 @@ def test_unseen_one_hot_and_assign() -> None:
     assert ids[0] == m.label_to_cluster["walking"] and ids[1] == nearest
 
 
+@pytest.mark.parametrize("unseen", ["nearest", "one_hot"])
+def test_prototype_logits_factor_the_targets(unseen) -> None:
+    m = PrototypeManager(num_clusters=3, update_interval=2, min_samples_per_cluster=2)
+    m.unseen = unseen
+    labels, emb = batch(label_vectors(), 10, seed=3)
+    assert m.prototype_logits(labels, emb) is None  # identity before the first clustering
+    fed(m, 2)
+    labels = [lbl if i % 4 else f"unseen {i}" for i, lbl in enumerate(labels)]
+    logits, clusters, one_hot = m.prototype_logits(labels, emb, temperature=0.3)
+    assert logits.shape == (3, 10) and clusters.shape == (10,)
+    torch.testing.assert_close(logits, m.prototypes @ emb.T / 0.3)
+    rows = torch.softmax(logits, dim=1)[clusters.clamp_min(0)]
+    if unseen == "one_hot":
+        assert one_hot is not None and one_hot.tolist() == [i % 4 == 0 for i in range(10)]
+        assert (clusters[one_hot] == -1).all() and (clusters[~one_hot] >= 0).all()
+        rows[one_hot] = torch.eye(10)[one_hot]
+    else:
+        assert one_hot is None and (clusters >= 0).all()
+    torch.testing.assert_close(rows, m.get_prototype_targets(labels, emb, temperature=0.3))
+
+
+def test_ids_of_the_last_batch_are_reused_only_for_the_same_labels() -> None:
+    m = fed(PrototypeManager(num_clusters=3, update_interval=2, min_samples_per_cluster=2), 2)
+    vectors = label_vectors()
+    labels, emb = batch(vectors, 12, seed=7)
+    labels[0] = "brand new"  # interned by add_labels, so not seen at the last clustering
+    m.add_labels(labels, emb)
+    want = reference_targets(m, labels, emb, 0.5)
+    torch.testing.assert_close(m.get_prototype_targets(labels, emb), want)
+    # the caller reuses (mutates) its list: the cached ids must not be used for it
+    labels[1], labels[2] = "walking", "never seen"
+    torch.testing.assert_close(
+        m.get_prototype_targets(labels, emb), reference_targets(m, labels, emb, 0.5)
+    )
+    # a rejected batch leaves no ids behind
+    with pytest.raises(ValueError):
+        m.add_labels(labels, torch.full((12, 16), float("nan")))
+    assert m._last_ids is None
+
+
 def test_device_nearest_matches_rust_lookup() -> None:
     for spherical in (False, True):
         m = fed(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ._core import LabelStore, ProtofastError, _int, _labels, kmeans, nearest_prototype
 
-__all__ = ["PrototypeManager"]
+__all__ = ["PrototypeLogits", "PrototypeManager"]
 
 logger = logging.getLogger("protofast")
 
@@ -59,6 +59,28 @@ def _to_device(array: np.ndarray, device: torch.device) -> Tensor:
     if device.type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
+
+
+class PrototypeLogits(NamedTuple):
+    """Prototype targets in factored form (see :meth:`PrototypeManager.prototype_logits`).
+
+    Row ``i`` of the ``(n, n)`` prototype targets is ``softmax(logits[clusters[i]])``, except
+    rows flagged in ``one_hot``, which are the one-hot row ``i``. ``logits`` has only ``k``
+    distinct rows, so consumers can combine the softmax with their own column weights and
+    gather afterwards instead of building ``n x n`` matrices.
+
+    Attributes:
+        logits: ``(k, n)`` ``prototypes @ text_embeddings.T / temperature`` on the embeddings'
+            device, float64 for float64 embeddings, else float32.
+        clusters: ``(n,)`` int64 prototype (row of ``logits``) of each sample on the same
+            device; -1 for a one-hot row.
+        one_hot: ``(n,)`` bool mask of the one-hot rows on the same device, or ``None`` when
+            there is none (known on the host, so testing for it never synchronises).
+    """
+
+    logits: Tensor
+    clusters: Tensor
+    one_hot: Tensor | None
 
 
 class PrototypeManager:
@@ -149,6 +171,10 @@ class PrototypeManager:
         self._pending_sum: Tensor | None = None
         self._pending_count: Tensor | None = None
         self._warned_not_ready = False
+        # labels of the last add_labels call and their store ids: the loss usually asks for
+        # targets of the very batch that was just added, which then needs no second lookup
+        self._last_labels: list[str] | None = None
+        self._last_ids: np.ndarray | None = None
 
     # ------------------------------------------------------------------ ingest
     @property
@@ -181,10 +207,12 @@ class PrototypeManager:
         emb = _check_embeddings(text_embeddings, len(labels)).detach()
         if self.device is None:
             self.device = emb.device
+        self._last_labels = self._last_ids = None
         if self._deferred(emb.device):
-            self._accumulate(labels, emb)
+            ids = self._accumulate(labels, emb)
         else:
-            self.store.add(labels, emb)
+            ids = self.store.add(labels, emb)
+        self._last_labels, self._last_ids = list(labels), ids
         self.num_batches += 1
         if self.num_batches % self.update_interval == 0:
             if len(self.store) >= self.min_unique_labels:
@@ -200,7 +228,8 @@ class PrototypeManager:
                     self.min_samples_per_cluster,
                 )
 
-    def _accumulate(self, labels: list[str], emb: Tensor) -> None:
+    def _accumulate(self, labels: list[str], emb: Tensor) -> np.ndarray:
+        """Adds a batch to the device-side sums; returns the labels' store ids."""
         dim = self.store.dim
         if dim is None and self._pending_sum is not None:
             dim = self._pending_sum.shape[1]
@@ -227,6 +256,7 @@ class PrototypeManager:
         self._pending_sum.index_add_(0, idx, emb.float())
         assert self._pending_count is not None
         self._pending_count.index_add_(0, idx, torch.ones_like(idx, dtype=torch.float32))
+        return ids
 
     def _flush(self) -> None:
         """Moves device-side sums into the Rust store (synchronises)."""
@@ -301,6 +331,13 @@ class PrototypeManager:
         logger.debug("[PrototypeManager] k-means inertia %.6g", inertia)
 
     # ----------------------------------------------------------------- targets
+    def _ids(self, labels: list[str]) -> np.ndarray:
+        """Store ids of ``labels`` (-1 if never seen), reusing those of the last
+        :meth:`add_labels` call when the labels are the same."""
+        if self._last_ids is not None and labels == self._last_labels:
+            return self._last_ids
+        return self.store.lookup(labels)
+
     def _clusters(
         self, labels: list[str], emb: Tensor, unseen_rule: Unseen
     ) -> tuple[Tensor, np.ndarray]:
@@ -308,7 +345,7 @@ class PrototypeManager:
         under ``unseen_rule="one_hot"``), and the host mask of samples whose
         label was not seen at the last clustering."""
         assert self.prototypes is not None
-        ids = self.store.lookup(labels)
+        ids = self._ids(labels)
         known = (ids >= 0) & (ids < len(self._cluster_of_id))
         clusters = np.where(known, self._cluster_of_id[np.where(known, ids, 0)], -1)
         unseen = ~known
@@ -336,6 +373,53 @@ class PrototypeManager:
             return (torch.nn.functional.normalize(e, dim=1) @ p.T).argmax(1)
         return (p.square().sum(1)[None, :] - 2.0 * (e @ p.T)).argmin(1)
 
+    def prototype_logits(
+        self, label_texts: Sequence[str], text_embeddings: Tensor, temperature: float = 0.5
+    ) -> PrototypeLogits | None:
+        """The prototype targets of a batch in factored form.
+
+        :meth:`get_prototype_targets` is ``softmax(logits, dim=1)[clusters]``
+        with the one-hot rows put in; this returns the pieces instead, so
+        that a caller can reweight columns (e.g. one column per distinct
+        label) before gathering. Cluster assignment is exactly that of
+        :meth:`get_prototype_targets` (unseen labels: ``unseen`` rule).
+
+        Args:
+            label_texts: ``n`` label strings.
+            text_embeddings: ``(n, D)`` their embeddings.
+            temperature: Softmax temperature (> 0).
+
+        Returns:
+            A :class:`PrototypeLogits`, or ``None`` before the first
+            clustering (the targets are then the identity).
+
+        Raises:
+            TypeError: Wrong argument types.
+            ValueError: Length or dimension mismatch, or ``temperature <= 0``.
+        """
+        labels = _labels(label_texts, "label_texts")
+        emb = _check_embeddings(text_embeddings, len(labels)).detach()
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+            raise TypeError(f"temperature: expected a float, got {type(temperature).__name__}")
+        if not temperature > 0:
+            raise ValueError(f"temperature: must be > 0, got {temperature}")
+        if not self.is_initialized or self.prototypes is None:
+            return None
+        if emb.shape[1] != self.prototypes.shape[1]:
+            raise ValueError(
+                f"text_embeddings: expected {self.prototypes.shape[1]} columns "
+                f"(the prototypes' dimension), got {emb.shape[1]}"
+            )
+        with torch.no_grad():
+            clusters, unseen = self._clusters(labels, emb, self.unseen)
+            dtype = torch.promote_types(emb.dtype, torch.float32)
+            protos = self.prototypes.to(emb.device, dtype)
+            logits = (protos @ emb.to(dtype).T) / temperature  # (k, n): k distinct rows
+            one_hot = None
+            if self.unseen == "one_hot" and unseen.any():
+                one_hot = _to_device(unseen, emb.device)
+        return PrototypeLogits(logits, clusters, one_hot)
+
     def get_prototype_targets(
         self, label_texts: Sequence[str], text_embeddings: Tensor, temperature: float = 0.5
     ) -> Tensor:
@@ -346,7 +430,8 @@ class PrototypeManager:
         prototype nearest to its own embedding (``unseen="nearest"``) or a
         one-hot row (``unseen="one_hot"``). Before the first clustering the
         targets are the identity. No per-sample Python loop; on CUDA no
-        host-device synchronisation.
+        host-device synchronisation. The factored form is
+        :meth:`prototype_logits`.
 
         Args:
             label_texts: ``B`` label strings.
@@ -361,31 +446,16 @@ class PrototypeManager:
             TypeError: Wrong argument types.
             ValueError: Length or dimension mismatch, or ``temperature <= 0``.
         """
-        labels = _labels(label_texts, "label_texts")
-        emb = _check_embeddings(text_embeddings, len(labels)).detach()
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-            raise TypeError(f"temperature: expected a float, got {type(temperature).__name__}")
-        if not temperature > 0:
-            raise ValueError(f"temperature: must be > 0, got {temperature}")
-        b = len(labels)
-        if not self.is_initialized or self.prototypes is None:
-            return torch.eye(b, device=emb.device, dtype=torch.float32)
-        if emb.shape[1] != self.prototypes.shape[1]:
-            raise ValueError(
-                f"text_embeddings: expected {self.prototypes.shape[1]} columns "
-                f"(the prototypes' dimension), got {emb.shape[1]}"
-            )
+        factored = self.prototype_logits(label_texts, text_embeddings, temperature)
+        b, device = len(text_embeddings), text_embeddings.device
+        if factored is None:
+            return torch.eye(b, device=device, dtype=torch.float32)
+        logits, clusters, one_hot = factored
         with torch.no_grad():
-            clusters, unseen = self._clusters(labels, emb, self.unseen)
-            dtype = torch.promote_types(emb.dtype, torch.float32)
-            e = emb.to(dtype)
-            protos = self.prototypes.to(emb.device, dtype)
-            logits = (protos @ e.T) / temperature  # (k, B): k distinct rows
             targets = torch.softmax(logits, dim=1).index_select(0, clusters.clamp_min(0))
-            if self.unseen == "one_hot" and unseen.any():
-                mask = _to_device(unseen, emb.device)
-                eye = torch.eye(b, device=emb.device, dtype=dtype)
-                targets = torch.where(mask[:, None], eye, targets)
+            if one_hot is not None:
+                eye = torch.eye(b, device=device, dtype=targets.dtype)
+                targets = torch.where(one_hot[:, None], eye, targets)
         return targets
 
     def assign(self, label_texts: Sequence[str], text_embeddings: Tensor) -> Tensor:
