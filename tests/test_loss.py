@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import reference as ref  # noqa: E402
+from protofast import PrototypeManager  # noqa: E402
 from protofast.loss import InfoNCELoss, SemanticAlignmentLoss  # noqa: E402
 from protofast.metrics import compute_retrieval_metrics  # noqa: E402
 from protofast.targets import (  # noqa: E402
@@ -284,7 +285,9 @@ def test_dedup_path_equals_full_path(
         loss, metrics = loss_fn(x, text, labels)
         loss.backward()
         results.append((loss, metrics, x.grad))
-    assert fast.decisions == [len(set(labels)) < batch]
+    distinct = len(set(labels))
+    attempted = 2 * distinct * distinct <= batch * batch  # the path pays off only then
+    assert fast.decisions == ([True] if attempted else [])
     tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
     (l1, m1, g1), (l2, m2, g2) = results
     torch.testing.assert_close(l1, l2, **tol)
@@ -294,7 +297,7 @@ def test_dedup_path_equals_full_path(
         torch.testing.assert_close(m1[key], m2[key], **tol)
 
     # a perturbed embedding of a repeated label must disable the dedup path
-    if len(set(labels)) < batch:
+    if attempted:
         repeat = next(i for i, label in enumerate(labels) if label in labels[:i])
         bumped = text.clone()
         bumped[repeat] += 1e-3
@@ -379,6 +382,151 @@ def test_blend_targets() -> None:
         blend_targets(hard, None, torch.eye(2))
     with pytest.raises(ValueError, match="temperature"):
         pairwise_targets(torch.eye(2), 0.0)
+
+
+# ---------------------------------------------------------------------- real prototype manager
+
+
+class MatrixOnlyManager:
+    """Exposes only get_prototype_targets of a real manager: the loss's B x B fallback."""
+
+    def __init__(self, manager: PrototypeManager) -> None:
+        self.manager = manager
+
+    def get_prototype_targets(
+        self, label_texts: list[str], text_embeddings: torch.Tensor, temperature: float = 0.5
+    ) -> torch.Tensor:
+        return self.manager.get_prototype_targets(label_texts, text_embeddings, temperature)
+
+
+ACTIVITIES = [f"activity {i}" for i in range(10)]
+
+
+def _clustered_manager(unseen: str, dim: int, clustered: bool = True) -> PrototypeManager:
+    gen = torch.Generator().manual_seed(11)
+    vectors = _normalized(gen, len(ACTIVITIES) - 2, dim)  # the last two labels stay unseen
+    manager = PrototypeManager(
+        num_clusters=3, update_interval=10**6, min_samples_per_cluster=2, unseen=unseen
+    )
+    for _ in range(3):
+        manager.add_labels(
+            ACTIVITIES[:-2], vectors + 0.05 * torch.randn(vectors.shape, generator=gen)
+        )
+    if clustered:
+        assert manager.update_prototypes()
+    return manager
+
+
+@pytest.mark.parametrize("unseen", ["nearest", "one_hot"])
+@pytest.mark.parametrize("clustered", [True, False])
+@SETTINGS
+@given(
+    picks=st.lists(st.integers(0, len(ACTIVITIES) - 1), min_size=2, max_size=24),
+    mode_name=st.sampled_from(["prototype", "hybrid", "hybrid_label", "hybrid_target_emb"]),
+    shared=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_real_manager_matches_reference(
+    unseen: str,
+    clustered: bool,
+    picks: list[int],
+    mode_name: str,
+    shared: bool,
+    dtype: torch.dtype,
+    seed: int,
+) -> None:
+    """With protofast's manager the loss builds prototype targets from the k distinct rows
+    (per label or per sample); the result must be the reference loss on the manager's own
+    B x B targets, and equal to the loss that only gets that B x B matrix."""
+    mode = MODES[mode_name]
+    dim = 6
+    manager = _clustered_manager(unseen, dim + 1 if mode.target_emb else dim, clustered)
+    gen = torch.Generator().manual_seed(seed)
+    labels = [ACTIVITIES[i] for i in picks]
+    batch = len(labels)
+    per_label = {label: _normalized(gen, dim) for label in ACTIVITIES}
+    if shared:  # equal labels share a text embedding: the per-label path
+        text = torch.stack([per_label[label] for label in labels])
+    else:
+        text = _normalized(gen, batch, dim)
+    imu = _normalized(gen, batch, dim)
+    target_map = {label: _normalized(gen, dim + 1) for label in ACTIVITIES}
+    label_emb = (
+        torch.stack([target_map[label] for label in labels]) if mode.target_emb else text
+    ).to(dtype)
+    manager.add_labels(labels, label_emb)  # the training loop feeds the batch first
+    kwargs: dict[str, Any] = dict(
+        temperature=0.2,
+        use_soft_targets=mode.use_soft,
+        soft_target_temperature=0.4,
+        soft_target_weight=0.6,
+        use_prototypes=True,
+        prototype_weight=0.3,
+        hard_targets=mode.hard,
+        target_embeddings=target_map if mode.target_emb else None,
+    )
+    proto = manager.get_prototype_targets(labels, label_emb, temperature=0.4)
+    targets = ref.ref_targets(
+        batch,
+        labels,
+        label_emb.double(),
+        hard_mode=mode.hard,
+        use_soft=mode.use_soft,
+        use_proto=True,
+        proto_matrix=proto,
+        soft_temperature=0.4,
+        soft_weight=0.6,
+        proto_weight=0.3,
+    )
+    r_imu, r_text = _leaf(imu, torch.float64), _leaf(text.to(dtype), torch.float64)
+    assert r_imu is not None and r_text is not None
+    r_loss = ref.ref_loss(r_imu, r_text, targets, 0.2)[0]
+    r_loss.backward()
+
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-10)
+    results = []
+    for owner in (manager, MatrixOnlyManager(manager)):
+        loss_fn = InfoNCELoss(prototype_manager=owner, **kwargs)
+        x, y = _leaf(imu, dtype), _leaf(text, dtype)
+        assert x is not None and y is not None
+        loss, metrics = loss_fn(x, y, labels)
+        loss.backward()
+        torch.testing.assert_close(loss.double(), r_loss.detach(), **tol)
+        assert x.grad is not None and r_imu.grad is not None
+        torch.testing.assert_close(x.grad.double(), r_imu.grad, **tol)
+        if not mode.use_soft or mode.target_emb:  # text-derived targets carry no gradient
+            assert y.grad is not None and r_text.grad is not None
+            torch.testing.assert_close(y.grad.double(), r_text.grad, **tol)
+        assert metrics is not None
+        results.append((loss, x.grad, metrics))
+    (l1, g1, m1), (l2, g2, m2) = results
+    torch.testing.assert_close(l1, l2, **tol)
+    torch.testing.assert_close(g1, g2, **tol)
+    for key in m1:
+        torch.testing.assert_close(m1[key], m2[key], **tol)
+
+
+def test_metrics_do_not_change_the_loss() -> None:
+    """return_metrics=False takes the factored targets only; it must give the same loss."""
+    manager = _clustered_manager("one_hot", 5)
+    gen = torch.Generator().manual_seed(5)
+    labels = [ACTIVITIES[i % 10] for i in (0, 1, 0, 9, 2, 0, 1, 9)]
+    per_label = {label: _normalized(gen, 5) for label in ACTIVITIES}
+    text = torch.stack([per_label[label] for label in labels])
+    imu = _normalized(gen, len(labels), 5)
+    for hard in ("identity", "label"):
+        loss_fn = InfoNCELoss(use_prototypes=True, prototype_manager=manager, hard_targets=hard)
+        grads = []
+        losses = []
+        for want in (False, True):
+            x = imu.clone().requires_grad_(True)
+            loss, _ = loss_fn(x, text, labels, return_metrics=want)
+            loss.backward()
+            losses.append(loss)
+            grads.append(x.grad)
+        torch.testing.assert_close(losses[0], losses[1], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
 
 
 # ---------------------------------------------------------------------- gradcheck

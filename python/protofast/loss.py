@@ -22,22 +22,18 @@ the same target matrix. Queue entries are extra negatives with zero target.
 
 from __future__ import annotations
 
-from array import array
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .targets import (
-    LabelIndex,
     _check_temperature,
     _check_weight,
-    blend_targets,
-    hard_targets,
-    index_labels,
-    pairwise_targets_from_similarity,
+    _index_checked_labels,
+    check_label_types,
 )
 
 __all__ = ["InfoNCELoss", "SemanticAlignmentLoss"]
@@ -103,49 +99,165 @@ def _frozen_label_embeddings(value: Any) -> tuple[dict[str, int], Tensor]:
     return index, matrix
 
 
-def _symmetric_soft_cross_entropy(
-    base: Tensor,
-    lse_it: Tensor,
-    lse_ti: Tensor,
-    targets: Tensor | None,
-    targets_symmetric: bool = False,
-) -> tuple[Tensor, Tensor | None]:
+class _BatchLabels(NamedTuple):
+    """The distinct labels of a batch (see :func:`protofast.targets.index_label_arrays`)."""
+
+    labels: list[str]
+    inverse: np.ndarray  # (B,) index of each sample's label in ``labels``
+    counts: np.ndarray  # (L,) samples per label
+    first: np.ndarray  # (L,) first sample of each label
+
+
+class _Targets:
+    """A ``B x B`` target matrix in factored form, ``T = label_part[ids][:, ids] + dense +
+    diag(diagonal)``, so that it is only expanded where the loss needs it.
+
+    ``label_part`` is ``L x L``, one row and column per distinct label, with each column
+    already divided by its label's sample count (a label's mass is spread evenly over its
+    columns); ``dense`` is ``B x B``; ``diagonal`` is a scalar or a ``(B,)`` tensor. All
+    parts are optional (``None`` / ``0.0``); none carries a gradient. Every part is added
+    already weighted, together with its row mass: the weight, for parts built
+    row-stochastic (softmax rows, one-hot rows, same-label rows), so their row sums are
+    known without summing; ``None`` for a matrix from elsewhere, whose rows are summed.
+    """
+
+    __slots__ = ("batch", "counts", "dense", "diagonal", "ids", "label_part", "mass", "summed")
+
+    def __init__(self, batch: int, ids: Tensor | None, counts: Tensor | None) -> None:
+        self.batch = batch
+        self.ids = ids
+        self.counts = counts
+        self.label_part: Tensor | None = None
+        self.dense: Tensor | None = None
+        self.diagonal: Tensor | float = 0.0
+        self.mass = 0.0  # row mass of the parts built row-stochastic
+        self.summed: Tensor | None = None  # row sums of the other parts
+
+    def add_label_part(self, matrix: Tensor, mass: float) -> None:
+        """Adds an ``L x L`` part (owned by this object from now on)."""
+        if self.label_part is None:
+            self.label_part = matrix
+        else:
+            self.label_part.add_(matrix)
+        self.mass += mass
+
+    def add_dense(self, matrix: Tensor, mass: float | None) -> None:
+        """Adds a ``B x B`` part (owned by this object from now on); ``mass=None`` sums its
+        rows."""
+        if mass is None:
+            rows = matrix.sum(dim=1)
+            self.summed = rows if self.summed is None else self.summed.add_(rows)
+        else:
+            self.mass += mass
+        if self.dense is None:
+            self.dense = matrix
+        else:
+            self.dense.add_(matrix)
+
+    def add_diagonal(self, weight: Tensor | float, mass: float) -> None:
+        """Adds ``weight`` (a scalar or a ``(B,)`` tensor) to the diagonal."""
+        self.diagonal = self.diagonal + weight
+        self.mass += mass
+
+    def _gather(self, label_matrix: Tensor) -> Tensor:
+        assert self.ids is not None
+        # two row/column gathers are much faster on the CPU than one 2-D advanced index
+        return label_matrix.index_select(1, self.ids).index_select(0, self.ids)
+
+    def row_sums(self) -> Tensor | float:
+        """Row sums of ``T`` (a scalar when they are all the same by construction)."""
+        if self.summed is None:
+            return self.mass
+        return self.summed + self.mass
+
+    def symmetric(self) -> Tensor | None:
+        """``T + T.T`` as a ``B x B`` matrix; ``None`` when ``T`` is diagonal."""
+        out: Tensor | None = None
+        if self.label_part is not None:
+            out = self._gather(self.label_part + self.label_part.T)
+        if self.dense is not None:
+            if out is None:
+                out = self.dense + self.dense.T
+            else:
+                out.add_(self.dense).add_(self.dense.T)
+        if out is not None and _nonzero(self.diagonal):
+            out.diagonal().add_(2.0 * self.diagonal)
+        return out
+
+    def matrix(self, like: Tensor) -> Tensor:
+        """``T`` as a ``B x B`` matrix (for the per-direction metrics)."""
+        if self.label_part is not None:
+            out = self._gather(self.label_part)
+            if self.dense is not None:
+                out.add_(self.dense)
+        elif self.dense is not None:
+            out = self.dense.clone()
+        else:
+            out = like.new_zeros(self.batch, self.batch)
+        if _nonzero(self.diagonal):
+            out.diagonal().add_(self.diagonal)
+        return out
+
+
+def _nonzero(value: Tensor | float) -> bool:
+    return isinstance(value, Tensor) or value != 0.0
+
+
+def _soft_cross_entropy(
+    base: Tensor, lse_it: Tensor, lse_ti: Tensor, targets: _Targets | None
+) -> tuple[Tensor, Tensor | float | None]:
     """The mean of the two directions' soft cross-entropies, with one target pass.
 
     With ``log_softmax = logits - lse``, row ``i`` of a direction costs
     ``lse_i * sum_j T_ij - sum_j T_ij * logits_ij``. The in-batch logits are ``base`` for
     ``imu -> text`` and ``base.T`` for ``text -> imu`` (queue columns have zero target), so
     both target terms together are ``<T + T.T, base>``: one dot product forward and one
-    multiply backward. ``targets=None`` means the identity (the terms are the trace).
+    multiply backward (a trace when ``T`` is diagonal). ``targets=None`` means the identity.
 
     Returns:
-        ``(loss, row_sums)``; ``row_sums`` (of ``targets``) is ``None`` for the identity.
+        ``(loss, row_sums)``; ``row_sums`` (of the targets) is ``None`` for the identity.
     """
     batch = base.shape[0]
     if targets is None:
         loss = 0.5 * (lse_it.mean() + lse_ti.mean()) - base.diagonal().sum() / batch
         return loss, None
     with torch.no_grad():
-        row_sums = targets.sum(dim=1)
-        symmetric = 2.0 * targets if targets_symmetric else targets + targets.T
-    positive_term = torch.dot(symmetric.reshape(-1), base.reshape(-1))
-    loss = 0.5 * (((lse_it + lse_ti) * row_sums).mean() - positive_term / batch)
+        row_sums = targets.row_sums()
+        symmetric = targets.symmetric()
+    lse = lse_it + lse_ti
+    if isinstance(row_sums, Tensor):
+        lse_term = torch.dot(lse, row_sums)
+    else:
+        lse_term = lse.sum() * row_sums
+    if symmetric is not None:
+        positive_term = torch.dot(symmetric.reshape(-1), base.reshape(-1))
+    elif isinstance(targets.diagonal, Tensor):
+        positive_term = 2.0 * torch.dot(targets.diagonal, base.diagonal())
+    else:
+        positive_term = (2.0 * targets.diagonal) * base.diagonal().sum()
+    loss = (lse_term - positive_term) * (0.5 / batch)
     return loss, row_sums
 
 
-def _long_tensor(values: list[int]) -> Tensor:
-    """A CPU int64 tensor from a list of ints (several times faster than ``torch.tensor``)."""
-    if not values:
-        return torch.empty(0, dtype=torch.long)
-    return torch.frombuffer(array("q", values), dtype=torch.long)
+def _dedup_pays_off(distinct: int, batch: int) -> bool:
+    """Whether the per-label (dedup) path is worth trying for ``distinct`` labels among
+    ``batch`` samples: it shrinks the ``B^2 D`` similarity to ``L^2 D`` and the ``B x B``
+    target passes to ``L x L`` but costs a label grouping, an equality check and a final
+    gather, so it only pays off once ``L^2 <= B^2 / 2``."""
+    return 2 * distinct * distinct <= batch * batch
 
 
-def _to_device(values: list[int], device: torch.device) -> Tensor:
-    """Copy a list of ints to ``device`` without blocking the host on CUDA."""
-    cpu = _long_tensor(values)
+def _index_tensors(arrays: Sequence[np.ndarray], device: torch.device) -> list[Tensor]:
+    """int64 tensors on ``device`` from host arrays: no copy on the CPU, one pinned
+    non-blocking copy for all of them on CUDA (no host-device synchronisation)."""
+    if device.type == "cpu":
+        return [torch.from_numpy(a) for a in arrays]
+    packed = torch.from_numpy(np.concatenate(arrays))
     if device.type == "cuda":
-        return cpu.pin_memory().to(device, non_blocking=True)
-    return cpu.to(device)
+        packed = packed.pin_memory().to(device, non_blocking=True)
+    else:
+        packed = packed.to(device)
+    return list(packed.split([len(a) for a in arrays]))
 
 
 class InfoNCELoss(nn.Module):
@@ -160,9 +272,9 @@ class InfoNCELoss(nn.Module):
         use_prototypes: Use the prototype manager's soft targets.
         prototype_weight: Share of the prototype targets in hybrid mode, in ``[0, 1]``.
         prototype_manager: Object with ``get_prototype_targets(label_texts, embeddings,
-            temperature=...)`` returning a ``B x B`` row-stochastic tensor; required when
-            ``use_prototypes``. The loss only reads it: feeding it (``add_labels``) is the
-            training loop's job.
+            temperature=...)`` returning a ``B x B`` row-stochastic tensor (and optionally
+            ``prototype_logits``, see the notes); required when ``use_prototypes``. The loss
+            only reads it: feeding it (``add_labels``) is the training loop's job.
         hard_targets: ``"identity"`` (sample ``i`` matches only column ``i``) or ``"label"``
             (every same-label sample of the batch is a positive; needs ``label_texts``).
         target_embeddings: Optional frozen label embeddings as a mapping
@@ -183,10 +295,20 @@ class InfoNCELoss(nn.Module):
           (float64 inputs stay float64) with autocast disabled inside.
         * Pairwise targets are computed on ``L`` distinct labels instead of ``B`` samples (the
           *dedup path*, exact) when ``label_texts`` are given and either ``target_embeddings``
-          is set, or the embeddings are on the CPU and every sample's text embedding equals
-          that of the first sample with the same label (checked with one ``torch.equal``). On
-          other devices without ``target_embeddings`` the ``B x B`` path is used, so no
-          host-device synchronisation happens.
+          is set, or the embeddings are on the CPU, labels repeat enough for it to pay off
+          (``L^2 <= B^2 / 2``) and every sample's text embedding equals that of the first
+          sample with the same label (checked with one array comparison). On other devices
+          without ``target_embeddings`` the ``B x B`` path is used, so no host-device
+          synchronisation happens.
+        * A ``prototype_manager`` with a ``prototype_logits`` method (like
+          :class:`protofast.PrototypeManager`) gives its targets in factored form
+          (``k`` distinct rows and a prototype per sample); they are then built from ``k x L``
+          logits on the dedup path, or ``k x B`` otherwise, instead of a ``B x B`` matrix.
+          Other managers only need ``get_prototype_targets``.
+        * Targets are kept in factored form (per-label blend, dense part, diagonal) and only
+          ``T + T.T`` is expanded to ``B x B`` for the loss; row sums of parts built
+          row-stochastic are their weights (the rows of a manager's ``B x B`` matrix are
+          summed). Results equal the plain formula up to floating-point rounding.
     """
 
     _target_matrix: Tensor | None
@@ -250,7 +372,7 @@ class InfoNCELoss(nn.Module):
         label_texts: Any,
         imu_queue: Any,
         text_queue: Any,
-    ) -> LabelIndex | None:
+    ) -> _BatchLabels | None:
         imu = _check_embeddings("imu_embeddings", imu)
         text = _check_embeddings("text_embeddings", text)
         if imu.shape != text.shape:
@@ -291,14 +413,14 @@ class InfoNCELoss(nn.Module):
             raise ValueError(
                 f"label_texts has {len(label_texts)} entries, expected {batch} (the batch size)"
             )
-        needs_index = (
-            self.hard_targets == "label"
-            or (soft and self._target_index is not None)
-            or (self.use_soft_targets and imu.device.type == "cpu")  # dedup candidate
-        )
-        if not needs_index:
+        needs_index = self.hard_targets == "label" or (soft and self._target_index is not None)
+        dedup_candidate = self.use_soft_targets and imu.device.type == "cpu"
+        if not needs_index and not dedup_candidate:
             return None  # labels are not used beyond the manager: skip grouping them
-        index = index_labels(label_texts)
+        check_label_types(label_texts)
+        if not needs_index and not _dedup_pays_off(len(set(label_texts)), batch):
+            return None  # too few repeats for the per-label path to pay off
+        index = _BatchLabels(*_index_checked_labels(label_texts))
         if soft and self._target_index is not None:
             missing = [label for label in index.labels if label not in self._target_index]
             if missing:
@@ -310,7 +432,7 @@ class InfoNCELoss(nn.Module):
 
     # ------------------------------------------------------------------ targets
 
-    def _use_dedup(self, text: Tensor, index: LabelIndex, ids: Tensor) -> bool:
+    def _use_dedup(self, text: Tensor, index: _BatchLabels, ids: Tensor) -> bool:
         """Whether pairwise targets from ``text`` may use the per-label (dedup) path.
 
         Only on the CPU (the check would need a host-device sync elsewhere), only when some
@@ -318,43 +440,63 @@ class InfoNCELoss(nn.Module):
         """
         if text.device.type != "cpu" or len(index.labels) == text.shape[0]:
             return False
-        representative = _long_tensor(index.first).index_select(0, ids)
         # numpy's comparison is several times faster than torch.equal on the CPU; text is
         # float32/float64 here (upcast before targets are built), so .numpy() is safe
-        return bool(np.array_equal(text.index_select(0, representative).numpy(), text.numpy()))
+        rows = text.numpy()
+        return bool(np.array_equal(rows[index.first[index.inverse]], rows))
+
+    def _target_weights(self) -> tuple[float, float, float]:
+        """``(hard, pairwise, prototype)`` weights of the blend (zero for unused parts)."""
+        w, p = self.soft_target_weight, self.prototype_weight
+        if self.use_soft_targets and self.use_prototypes:
+            return 1.0 - w, w * (1.0 - p), w * p
+        if self.use_soft_targets:
+            return 1.0 - w, w, 0.0
+        if self.use_prototypes:
+            return 1.0 - w, 0.0, w
+        return 1.0, 0.0, 0.0
 
     @torch.no_grad()
     def _targets(
         self,
         text: Tensor,
         label_texts: Sequence[str] | None,
-        index: LabelIndex | None,
+        index: _BatchLabels | None,
         want_semantic: bool,
-    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        """Return ``(targets or None for identity, label ids or None, semantic similarity)``."""
+    ) -> tuple[_Targets | None, Tensor | None, Tensor | None]:
+        """Return ``(targets or None for identity, label ids or None, semantic similarity)``.
+
+        The targets are ``(1 - w) H + w (1 - p) P + w p Q`` (``w = soft_target_weight``,
+        ``p = prototype_weight``; ``P`` or ``Q`` alone get all of ``w``), in factored form:
+        on the dedup path pairwise and prototype targets are built on the ``L`` distinct
+        labels (``L x L`` and ``k x L``) and only the blend is expanded to ``B x B``.
+        """
         batch = text.shape[0]
         device, dtype = text.device, text.dtype
         soft = self.use_soft_targets or self.use_prototypes
+        if not soft and self.hard_targets == "identity":
+            return None, None, None
         text = text.detach()
 
         ids = counts = rows = None
-        if index is not None and (self.hard_targets == "label" or soft):
-            n_labels = len(index.labels)
-            extra = (
-                [self._target_index[label] for label in index.labels]
-                if soft and self._target_index is not None
-                else []
-            )
-            packed = _to_device(index.inverse + index.counts + extra, device)
-            ids = packed[:batch]
-            counts = packed[batch : batch + n_labels].to(dtype)
-            rows = packed[batch + n_labels :] if extra else None
+        if index is not None:
+            arrays = [index.inverse, index.counts]
+            if soft and self._target_index is not None:
+                position = self._target_index
+                arrays.append(np.array([position[label] for label in index.labels], np.int64))
+            tensors = _index_tensors(arrays, device)
+            ids, counts = tensors[0], tensors[1].to(dtype)
+            rows = tensors[2] if len(tensors) > 2 else None
 
-        hard = None
+        w_hard, w_pair, w_proto = self._target_weights()
+        targets = _Targets(batch, ids, counts)
         if self.hard_targets == "label":
-            hard = hard_targets(batch, ids, dtype=dtype)
+            assert counts is not None
+            targets.add_label_part(torch.diag(counts.reciprocal().mul_(w_hard)), w_hard)
+        else:
+            targets.add_diagonal(w_hard, w_hard)
         if not soft:
-            return hard, ids, None
+            return targets, ids, None
 
         label_emb: Tensor | None = None  # L x D_t, one row per distinct label
         if rows is not None:
@@ -364,40 +506,93 @@ class InfoNCELoss(nn.Module):
             self.use_soft_targets
             and index is not None
             and ids is not None
+            and _dedup_pays_off(len(index.labels), batch)
             and self._use_dedup(text, index, ids)
         ):
-            label_emb = text.index_select(0, _long_tensor(index.first))
+            label_emb = text.index_select(0, torch.from_numpy(index.first))
 
-        pairwise = prototype = semantic = None
+        semantic = None
         if self.use_soft_targets:
             if label_emb is not None:
+                # per label: softmax over the B columns = softmax over the L label columns
+                # with log(count) added, its mass then spread evenly over the label's columns
+                assert counts is not None
                 sim = label_emb @ label_emb.T
-                pairwise = pairwise_targets_from_similarity(
-                    sim, self.soft_target_temperature, label_ids=ids, label_counts=counts
-                )
+                logits = torch.add(counts.log(), sim, alpha=1.0 / self.soft_target_temperature)
+                pairwise = torch.softmax(logits, dim=1).mul_(w_pair / counts)
+                targets.add_label_part(pairwise, w_pair)
                 if want_semantic:
-                    assert counts is not None
                     total = counts @ sim @ counts - (counts * sim.diagonal()).sum()
                     semantic = total / max(batch * (batch - 1), 1)
             else:
                 sim = text @ text.T
-                pairwise = pairwise_targets_from_similarity(sim, self.soft_target_temperature)
                 if want_semantic:
                     semantic = (sim.sum() - sim.diagonal().sum()) / max(batch * (batch - 1), 1)
+                pairwise = torch.softmax(sim.div_(self.soft_target_temperature), dim=1)
+                targets.add_dense(pairwise.mul_(w_pair), w_pair)
 
         if self.use_prototypes:
             assert label_texts is not None
-            source = label_emb.index_select(0, ids) if rows is not None else text
-            prototype = self._prototype_targets(label_texts, source, batch, device, dtype)
-
-        targets = blend_targets(
-            hard,
-            pairwise,
-            prototype,
-            soft_target_weight=self.soft_target_weight,
-            prototype_weight=self.prototype_weight,
-        )
+            self._add_prototype_targets(targets, label_texts, index, text, label_emb, w_proto)
         return targets, ids, semantic
+
+    def _add_prototype_targets(
+        self,
+        targets: _Targets,
+        label_texts: Sequence[str],
+        index: _BatchLabels | None,
+        text: Tensor,
+        label_emb: Tensor | None,
+        weight: float,
+    ) -> None:
+        """Adds ``weight`` times the prototype targets to ``targets``.
+
+        With a manager that has ``prototype_logits`` (:class:`protofast.PrototypeManager`),
+        the targets are built from its ``k`` distinct rows: per distinct label when
+        ``label_emb`` is given (``k x L`` logits), else per sample (``k x B``). Other managers
+        give the ``B x B`` matrix of ``get_prototype_targets``.
+        """
+        batch, device, dtype = text.shape[0], text.device, text.dtype
+        factored_fn = getattr(self.prototype_manager, "prototype_logits", None)
+        if not callable(factored_fn):
+            source = text
+            if self._target_matrix is not None and label_emb is not None:
+                assert targets.ids is not None
+                source = label_emb.index_select(0, targets.ids)
+            matrix = self._prototype_targets(label_texts, source, batch, device, dtype)
+            targets.add_dense(matrix * weight, None)  # rows summed: any manager's matrix
+            return
+        temperature = self.soft_target_temperature
+        per_label = label_emb is not None
+        if per_label:
+            assert index is not None and label_emb is not None
+            factored = factored_fn(index.labels, label_emb, temperature=temperature)
+        else:
+            factored = factored_fn(list(label_texts), text, temperature=temperature)
+        if factored is None:  # not clustered yet: identity targets
+            targets.add_diagonal(weight, weight)
+            return
+        logits, clusters, one_hot = factored
+        logits = logits.to(device=device, dtype=dtype)
+        if one_hot is not None:
+            clusters = clusters.clamp_min(0)
+        if per_label:  # columns are labels: the same log(count) rule as the pairwise targets
+            counts = targets.counts
+            assert counts is not None
+            rows = torch.softmax(logits + counts.log(), dim=1).mul_(weight / counts)
+        else:
+            rows = torch.softmax(logits, dim=1).mul_(weight)
+        matrix = rows.index_select(0, clusters)  # one row per label / sample
+        if one_hot is not None:  # these rows move to the diagonal
+            matrix.masked_fill_(one_hot[:, None], 0.0)
+            if per_label:
+                assert targets.ids is not None
+                one_hot = one_hot.index_select(0, targets.ids)
+            targets.add_diagonal(weight * one_hot.to(dtype), 0.0)
+        if per_label:
+            targets.add_label_part(matrix, weight)
+        else:
+            targets.add_dense(matrix, weight)
 
     def _prototype_targets(
         self,
@@ -470,7 +665,6 @@ class InfoNCELoss(nn.Module):
             imu = imu_embeddings.to(dtype)
             text = text_embeddings.to(dtype)
             targets, ids, semantic = self._targets(text, label_texts, index, return_metrics)
-            soft = self.use_soft_targets or self.use_prototypes
 
             sim = imu @ text.T
             base = sim / self.temperature  # in-batch imu -> text logits, contiguous
@@ -483,8 +677,7 @@ class InfoNCELoss(nn.Module):
                 logits_ti = torch.cat([logits_ti, extra], dim=1)
             lse_it = torch.logsumexp(logits_it, dim=1)
             lse_ti = torch.logsumexp(logits_ti, dim=1)
-            symmetric = targets is not None and not soft  # same-label targets: T == T.T
-            loss, row_sums = _symmetric_soft_cross_entropy(base, lse_it, lse_ti, targets, symmetric)
+            loss, row_sums = _soft_cross_entropy(base, lse_it, lse_ti, targets)
 
             if not return_metrics:
                 return loss, None
@@ -495,9 +688,10 @@ class InfoNCELoss(nn.Module):
                     loss_it, loss_ti = lse_it.mean() - trace, lse_ti.mean() - trace
                 else:
                     assert row_sums is not None
+                    matrix = targets.matrix(base)
                     flat = base.reshape(-1)
-                    loss_it = (lse_it * row_sums).mean() - targets.reshape(-1) @ flat / batch
-                    loss_ti = (lse_ti * row_sums).mean() - targets.T.reshape(-1) @ flat / batch
+                    loss_it = (lse_it * row_sums).mean() - matrix.reshape(-1) @ flat / batch
+                    loss_ti = (lse_ti * row_sums).mean() - matrix.T.reshape(-1) @ flat / batch
                 metrics = self._metrics(
                     loss, loss_it, loss_ti, sim, logits_it, logits_ti, ids, batch, semantic
                 )
