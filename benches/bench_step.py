@@ -23,7 +23,7 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,7 @@ def _loss_and_manager(
     return loss, manager
 
 
-def run_variant(
+def _trainer(
     impl: str,
     variant: str,
     *,
@@ -91,16 +91,15 @@ def run_variant(
     num_clusters: int,
     steps: int,
     args: argparse.Namespace,
-) -> dict[str, Any]:
-    """Train ``steps`` steps of one (implementation, target variant) and time each step.
+) -> Callable[[int, int], Iterator[tuple[float, float, Any]]]:
+    """Inputs of one (B, L) setting and a function that trains on them step by step.
 
-    The inputs (label ids, imu inputs) are drawn before timing from a seed shared by every variant,
-    and the models start from the same weights, so every variant sees the same batches. Before
-    the timed run, ``args.warmup_steps`` untimed steps run on a throwaway model and manager (whose
-    update interval is the warm-up length, so the re-clustering path is warm too).
+    The inputs (label ids, imu inputs) are drawn from a seed shared by every variant, and the
+    models start from the same weights, so every variant sees the same batches.
 
     Returns:
-        Per-step times and summary statistics.
+        ``train(n_steps, update_interval)``: a generator that trains a fresh model, loss and
+        manager for ``n_steps`` steps and yields ``(step seconds, loss, manager)`` per step.
     """
     import torch
     import torch.nn.functional as F
@@ -114,15 +113,13 @@ def run_variant(
     idx_t = torch.from_numpy(idx)
     imu_inputs = torch.from_numpy(rng.standard_normal((steps, batch, IMU_IN), dtype=np.float32))
 
-    def train(n_steps: int, update_interval: int) -> tuple[list[float], list[float], Any]:
+    def train(n_steps: int, update_interval: int) -> Iterator[tuple[float, float, Any]]:
         torch.manual_seed(args.seed)
         text_proj = torch.nn.Linear(DIM, DIM)
         imu_enc = torch.nn.Linear(IMU_IN, DIM)
         params = list(text_proj.parameters()) + list(imu_enc.parameters())
         opt = torch.optim.SGD(params, lr=1e-2)
         loss_fn, manager = _loss_and_manager(impl, variant, num_clusters, update_interval)
-        times: list[float] = []
-        losses: list[float] = []
         for s in range(n_steps):
             labels = batch_labels[s]
             t0 = time.perf_counter()
@@ -134,15 +131,26 @@ def run_variant(
             loss, _ = loss_fn(imu, text, label_texts=labels, return_metrics=False)
             loss.backward()
             opt.step()
-            times.append(time.perf_counter() - t0)
-            losses.append(float(loss.detach()))
-        return times, losses, manager
+            elapsed = time.perf_counter() - t0
+            yield elapsed, float(loss.detach()), manager
 
-    # Untimed warm-up on throwaway model and manager; the manager re-clusters once during it.
-    if args.warmup_steps > 0:
-        train(min(args.warmup_steps, steps), max(1, min(args.warmup_steps, steps)))
-    times, losses, manager = train(steps, args.update_interval)
+    return train
 
+
+def _summary(
+    impl: str,
+    variant: str,
+    *,
+    batch: int,
+    num_labels: int,
+    num_clusters: int,
+    times: list[float],
+    losses: list[float],
+    manager: Any,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """The result row of one (implementation, target variant) from its per-step times."""
+    steps = len(times)
     slow_i = int(np.argmax(times))
     recluster_steps = [s for s in range(steps) if (s + 1) % args.update_interval == 0]
     updates = getattr(manager, "num_updates", None) if manager is not None else None
@@ -162,6 +170,83 @@ def run_variant(
         "final_loss": losses[-1],
         "times_s": times,
     }
+
+
+def run_group(
+    impl: str,
+    variants: Sequence[str],
+    *,
+    batch: int,
+    num_labels: int,
+    num_clusters: int,
+    steps: int,
+    args: argparse.Namespace,
+) -> list[dict[str, Any]]:
+    """Train ``steps`` steps of each target variant of one implementation and time each step.
+
+    Before the timed run of a variant, ``args.warmup_steps`` untimed steps run on a throwaway
+    model and manager (whose update interval is the warm-up length, so the re-clustering path
+    is warm too). Without ``args.interleave`` the variants run one after the other; with it,
+    after every variant's warm-up, step ``s`` of every variant runs before step ``s + 1`` of
+    any, so that all variants see the same machine load (for ratios on a shared machine).
+
+    Returns:
+        One result row per variant (per-step times and summary statistics).
+    """
+    trainers = {
+        v: _trainer(
+            impl,
+            v,
+            batch=batch,
+            num_labels=num_labels,
+            num_clusters=num_clusters,
+            steps=steps,
+            args=args,
+        )
+        for v in variants
+    }
+    warm = min(args.warmup_steps, steps)
+
+    def warm_up(v: str) -> None:
+        if warm > 0:  # the manager re-clusters once during the warm-up
+            for _ in trainers[v](warm, max(1, warm)):
+                pass
+
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    losses: dict[str, list[float]] = {v: [] for v in variants}
+    managers: dict[str, Any] = {v: None for v in variants}
+
+    def record(v: str, item: tuple[float, float, Any]) -> None:
+        times[v].append(item[0])
+        losses[v].append(item[1])
+        managers[v] = item[2]
+
+    if args.interleave:
+        for v in variants:
+            warm_up(v)
+        runs = {v: trainers[v](steps, args.update_interval) for v in variants}
+        for _ in range(steps):
+            for v in variants:
+                record(v, next(runs[v]))
+    else:
+        for v in variants:
+            warm_up(v)
+            for item in trainers[v](steps, args.update_interval):
+                record(v, item)
+    return [
+        _summary(
+            impl,
+            v,
+            batch=batch,
+            num_labels=num_labels,
+            num_clusters=num_clusters,
+            times=times[v],
+            losses=losses[v],
+            manager=managers[v],
+            args=args,
+        )
+        for v in variants
+    ]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -189,20 +274,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for num_labels in args.labels:
             k = clusters_for(num_labels, args.clusters)
             for impl in impls:
-                group: list[dict[str, Any]] = []
-                for variant in variants:
-                    r = run_variant(
-                        impl,
-                        variant,
-                        batch=batch,
-                        num_labels=num_labels,
-                        num_clusters=k,
-                        steps=args.steps,
-                        args=args,
-                    )
-                    group.append(r)
+                group = run_group(
+                    impl,
+                    variants,
+                    batch=batch,
+                    num_labels=num_labels,
+                    num_clusters=k,
+                    steps=args.steps,
+                    args=args,
+                )
+                for r in group:
                     print(
-                        f"[step] B={batch:5d} L={num_labels:6d} {impl:9s} {variant:9s} "
+                        f"[step] B={batch:5d} L={num_labels:6d} {impl:9s} {r['variant']:9s} "
                         f"median {common.fmt_ms(r['median_s']):>7s} ms  "
                         f"mean {common.fmt_ms(r['mean_s']):>7s} ms  "
                         f"slowest {common.fmt_ms(r['max_s']):>7s} ms (step {r['max_step']})  "
@@ -243,7 +326,8 @@ def render(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> str:
     """
     head = (
         f"### Training step (D={DIM}, {args.steps} steps, re-clustering every "
-        f"{args.update_interval} steps, {args.threads} threads)\n\n"
+        f"{args.update_interval} steps, {args.threads} threads"
+        f"{', variants interleaved step by step' if args.interleave else ''})\n\n"
         "Step = zero_grad + text/imu projections + add_labels (prototype/hybrid) + loss forward "
         "+ backward + SGD step. 'slowest' is the slowest step (normally a re-clustering step, its "
         "number in brackets). '×hard' = this variant's time / the same implementation's "
@@ -304,6 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clusters", default="auto", help="clusters, or 'auto' = max(5, labels // 100)")
     p.add_argument("--update-interval", type=int, default=100)
     p.add_argument("--warmup-steps", type=int, default=10, help="untimed steps before each run")
+    p.add_argument(
+        "--interleave",
+        action="store_true",
+        help="run the target variants in lockstep (step s of each before step s + 1 of any), "
+        "so that their ratios see the same machine load",
+    )
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--impls", default=",".join(IMPLS))
     p.add_argument("--threads", type=int, default=common.DEFAULT_THREADS)
