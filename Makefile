@@ -59,10 +59,11 @@ lint: venv ## cargo fmt --check, clippy -D warnings, ruff
 stubtest: develop ## Check the .pyi stub against the compiled module
 	$(PY) -m mypy.stubtest protofast._protofast
 
-bench: develop ## The benchmarks of benches/RESULTS.md (~25 min): markdown tables, JSON in benches/out/
+bench: develop ## The benchmarks of benches/RESULTS.md (~30 min): markdown tables, JSON in benches/out/
 	$(PIP) install -q $(BENCH_REQS)
 	$(PY) benches/bench_kmeans.py --sizes 50x384x5,1000x384x20,10000x384x100 --repeats 5 --json-name kmeans_small
 	$(PY) benches/bench_kmeans.py --sizes 100000x384x256 --repeats 3 --tools protofast,sklearn-lloyd,faiss,numpy --no-e2e --json-name kmeans_100k
+	$(PY) benches/bench_kmeans.py --sizes 10000x384x100,100000x384x256 --noise 1.0 --repeats 3 --tools protofast,sklearn-lloyd,faiss --no-e2e --no-init --json-name kmeans_clustered
 	$(PY) benches/bench_lookup.py --quick
 	$(PY) benches/bench_step.py --quick
 	$(PY) benches/bench_memory.py --quick
