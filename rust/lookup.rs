@@ -358,6 +358,164 @@ impl RowOps for Avx2 {
     }
 }
 
+/// `out[j] = x·c[j]` for the `out.len()` rows of `c` (each `x.len()` long,
+/// `c.len() == out.len() · x.len()`): four rows at a time through
+/// [`RowOps::dot4`], the rest one by one. Each dot product is summed in an
+/// order that depends only on `x.len()` and on `j`'s position.
+///
+/// # Safety
+/// The CPU must have the features `R` is built for.
+#[inline(always)]
+unsafe fn row_dots<R: RowOps>(x: &[f32], c: &[f32], out: &mut [f32]) {
+    let d = x.len();
+    let mut quads = c.chunks_exact(4 * d);
+    let mut outs = out.chunks_exact_mut(4);
+    for (out, c) in (&mut outs).zip(&mut quads) {
+        let c = [&c[..d], &c[d..2 * d], &c[2 * d..3 * d], &c[3 * d..]];
+        // SAFETY: the caller's.
+        out.copy_from_slice(&unsafe { R::dot4(x, c) });
+    }
+    for (out, c) in outs
+        .into_remainder()
+        .iter_mut()
+        .zip(quads.remainder().chunks_exact(d))
+    {
+        // SAFETY: the caller's.
+        *out = unsafe { R::dot(x, c) };
+    }
+}
+
+/// [`block_dots`] over one implementation of the row reductions.
+///
+/// # Safety
+/// The CPU must have the features `R` is built for.
+#[inline(always)]
+unsafe fn block_dots_with<R: RowOps>(
+    xb: &[f32],
+    rows: usize,
+    c: &[f32],
+    t: usize,
+    d: usize,
+    out: &mut [f32],
+) {
+    let full = t / 4 * 4;
+    let rest = t - full;
+    // The last 2 or 3 candidates go through one `dot4` (the last repeated):
+    // it sums each exactly as `dot` would, with more independent
+    // accumulations than one `dot` at a time.
+    let tail = |j: usize| {
+        let j = full + j.min(rest.max(1) - 1);
+        &c[j * d..(j + 1) * d]
+    };
+    let (xb, out) = (&xb[..rows * d], &mut out[..rows * t]);
+    if t < 4 {
+        // Few candidates: four rows at a time against each candidate
+        // (`dot4(c, rows)` gives `dot(row, c)` bit for bit: every product
+        // and multiply-add is symmetric), for more independent loads.
+        let mut quads = xb.chunks_exact(4 * d);
+        let mut outs = out.chunks_exact_mut(4 * t);
+        for (xq, o) in (&mut quads).zip(&mut outs) {
+            let xs = [&xq[..d], &xq[d..2 * d], &xq[2 * d..3 * d], &xq[3 * d..]];
+            for j in 0..t {
+                // SAFETY: the caller's.
+                let v = unsafe { R::dot4(&c[j * d..(j + 1) * d], xs) };
+                for (r, v) in v.into_iter().enumerate() {
+                    o[r * t + j] = v;
+                }
+            }
+        }
+        for (x, o) in quads
+            .remainder()
+            .chunks_exact(d)
+            .zip(outs.into_remainder().chunks_exact_mut(t))
+        {
+            for (j, o) in o.iter_mut().enumerate() {
+                // SAFETY: the caller's.
+                *o = unsafe { R::dot(x, &c[j * d..(j + 1) * d]) };
+            }
+        }
+        return;
+    }
+    for (x, o) in xb.chunks_exact(d).zip(out.chunks_exact_mut(t)) {
+        // SAFETY (all calls): the caller's.
+        unsafe { row_dots::<R>(x, &c[..full * d], &mut o[..full]) };
+        match rest {
+            0 => {}
+            1 => o[full] = unsafe { R::dot(x, tail(0)) },
+            _ => {
+                let v = unsafe { R::dot4(x, [tail(0), tail(1), tail(2), tail(3)]) };
+                o[full..].copy_from_slice(&v[..rest]);
+            }
+        }
+    }
+}
+
+/// The portable [`block_dots`] (see [`fused_block_portable`]).
+fn block_dots_portable(xb: &[f32], rows: usize, c: &[f32], t: usize, d: usize, out: &mut [f32]) {
+    // SAFETY: portable code needs no CPU feature.
+    unsafe {
+        if cfg!(target_arch = "aarch64") {
+            block_dots_with::<Portable<16, true>>(xb, rows, c, t, d, out)
+        } else {
+            block_dots_with::<Portable<8, false>>(xb, rows, c, t, d, out)
+        }
+    }
+}
+
+/// # Safety
+/// The CPU must have AVX-512F, AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn block_dots_avx512(
+    xb: &[f32],
+    rows: usize,
+    c: &[f32],
+    t: usize,
+    d: usize,
+    out: &mut [f32],
+) {
+    // SAFETY: the caller's.
+    unsafe { block_dots_with::<Avx512>(xb, rows, c, t, d, out) }
+}
+
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_dots_avx2(xb: &[f32], rows: usize, c: &[f32], t: usize, d: usize, out: &mut [f32]) {
+    // SAFETY: the caller's.
+    unsafe { block_dots_with::<Avx2>(xb, rows, c, t, d, out) }
+}
+
+/// `out (rows×t) = xb (rows×d) · cᵀ (c is t×d)`, all row-major, in one
+/// pass over each row of `xb` (no packing): meant for a few columns `t`,
+/// where a general matrix product mostly moves memory. Uses the widest
+/// kernel the CPU runs, picked at run time. Every dot product is summed
+/// exactly as that kernel's single `x·c` (the fused lookup's order), so each
+/// value depends only on its row, its candidate and `d`: not on `t`, on the
+/// candidate's position or on which rows a call covers.
+pub(crate) fn block_dots(xb: &[f32], rows: usize, c: &[f32], t: usize, d: usize, out: &mut [f32]) {
+    assert!(d > 0 && xb.len() >= rows * d && c.len() == t * d && out.len() >= rows * t);
+    if rows == 0 || t == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has the features the kernel is built for.
+            return unsafe { block_dots_avx512(xb, rows, c, t, d, out) };
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { block_dots_avx2(xb, rows, c, t, d, out) };
+        }
+    }
+    block_dots_portable(xb, rows, c, t, d, out)
+}
+
 /// Scores the rows of one block of queries (`xb`, the rows from `base` on):
 /// per row its norm (which also validates it), its dot product with each
 /// centroid, and the best centroid, ties to the lowest index.
@@ -389,21 +547,8 @@ unsafe fn fused_block<R: RowOps>(
         if !norm.is_finite() {
             status.non_finite.get_or_insert(base + r);
         }
-        let mut quads = f.c.chunks_exact(4 * d);
-        let mut outs = dots.chunks_exact_mut(4);
-        for (out, c) in (&mut outs).zip(&mut quads) {
-            let c = [&c[..d], &c[d..2 * d], &c[2 * d..3 * d], &c[3 * d..]];
-            // SAFETY: the caller's.
-            out.copy_from_slice(&unsafe { R::dot4(x, c) });
-        }
-        for (out, c) in outs
-            .into_remainder()
-            .iter_mut()
-            .zip(quads.remainder().chunks_exact(d))
-        {
-            // SAFETY: the caller's.
-            *out = unsafe { R::dot(x, c) };
-        }
+        // SAFETY: the caller's.
+        unsafe { row_dots::<R>(x, f.c, dots) };
         let (best, value) = match f.metric {
             LookupMetric::L2 => {
                 let mut best = 0;
@@ -843,6 +988,95 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Every `block_dots` variant this CPU can run, by name.
+    #[allow(clippy::type_complexity)]
+    fn block_dots_variants() -> Vec<(
+        &'static str,
+        fn(&[f32], usize, &[f32], usize, usize, &mut [f32]),
+    )> {
+        let mut v: Vec<(
+            &'static str,
+            fn(&[f32], usize, &[f32], usize, usize, &mut [f32]),
+        )> = vec![("dispatch", block_dots), ("portable", block_dots_portable)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                v.push(("avx2", |x, r, c, t, d, o| unsafe {
+                    block_dots_avx2(x, r, c, t, d, o)
+                }));
+            }
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+            {
+                v.push(("avx512", |x, r, c, t, d, o| unsafe {
+                    block_dots_avx512(x, r, c, t, d, o)
+                }));
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn block_dots_matches_naive_dot_products() {
+        for &d in &[1usize, 3, 8, 15, 16, 17, 31, 33, 45, 384] {
+            for t in 1..=9 {
+                let rows = 37;
+                let x = values(rows * d, (d * 10 + t) as u64);
+                let c = values(t * d, (d * 10 + t) as u64 + 3);
+                for (name, f) in block_dots_variants() {
+                    let mut out = vec![f32::NAN; rows * t];
+                    f(&x, rows, &c, t, d, &mut out);
+                    for r in 0..rows {
+                        for j in 0..t {
+                            let xr = &x[r * d..(r + 1) * d];
+                            let cr = &c[j * d..(j + 1) * d];
+                            let exact: f64 =
+                                xr.iter().zip(cr).map(|(&a, &b)| a as f64 * b as f64).sum();
+                            let scale: f64 = xr
+                                .iter()
+                                .zip(cr)
+                                .map(|(&a, &b)| (a as f64 * b as f64).abs())
+                                .sum();
+                            let got = out[r * t + j] as f64;
+                            assert!(
+                                (got - exact).abs() <= 1e-6 * (1.0 + scale),
+                                "{name} d={d} t={t} ({r},{j}): {got} vs {exact}"
+                            );
+                        }
+                    }
+                    // The same bits whichever rows a call covers.
+                    let mut one = vec![0f32; t];
+                    for r in [0, 5, rows - 1] {
+                        f(&x[r * d..(r + 1) * d], 1, &c, t, d, &mut one);
+                        assert_eq!(one, out[r * t..(r + 1) * t], "{name} d={d} t={t} row {r}");
+                    }
+                    // The same bits one candidate at a time (every grouping
+                    // sums each dot product alike).
+                    for j in 0..t {
+                        let mut single = vec![0f32; rows];
+                        f(&x, rows, &c[j * d..(j + 1) * d], 1, d, &mut single);
+                        for r in 0..rows {
+                            assert_eq!(
+                                single[r].to_bits(),
+                                out[r * t + j].to_bits(),
+                                "{name} d={d} t={t} ({r},{j})"
+                            );
+                        }
+                    }
+                    // Only the first `rows` rows are read and written.
+                    let mut part = vec![-1f32; rows * t];
+                    f(&x, 3, &c, t, d, &mut part);
+                    assert_eq!(part[..3 * t], out[..3 * t]);
+                    assert!(part[3 * t..].iter().all(|&v| v == -1.0));
+                }
+            }
+        }
+        // No rows, no candidates.
+        block_dots(&[], 0, &[1.0, 2.0], 1, 2, &mut []);
+        block_dots(&[1.0, 2.0], 1, &[], 0, 2, &mut []);
     }
 
     #[test]
