@@ -248,6 +248,13 @@ fn sample_index(weights: &[f32], sums: &[f64], r: f64) -> usize {
 /// of `‖x‖‖c‖` at d = 384; this leaves ≥ 4× headroom at d = 384).
 const DIST_REL_ERR: f64 = 1e-4;
 
+/// [`DIST_REL_ERR`], raised for long rows: `4·d·2⁻²⁴` covers the worst-case
+/// error of any summation order of a d-term f32 dot product with room to
+/// spare (it passes 1e-4 at d ≈ 420).
+fn dist_rel_err(d: usize) -> f64 {
+    DIST_REL_ERR.max(4.0 * d as f64 * f64::powi(2.0, -24))
+}
+
 /// Whether no point of a block can get closer to any candidate than to its
 /// current centre, proved by the triangle inequality with a margin for the
 /// rounding error of the computed distances. When it holds, the unpruned
@@ -539,8 +546,10 @@ struct Bounds {
 /// The centroids of one iteration in group order, with what the bounded
 /// assignment needs.
 struct GroupedCentroids<'a> {
-    /// Original order (for the exact distance to a point's own centroid).
+    /// Original order (for the distance to a point's own centroid), and
+    /// squared norms.
     c: &'a [f32],
+    c_norms: &'a [f32],
     /// Rows permuted into group order, and their squared norms.
     cp: Vec<f32>,
     cp_norms: Vec<f32>,
@@ -665,11 +674,13 @@ fn assign_grouped(
                 if u <= bound {
                     continue;
                 }
-                // Tighten the upper bound to the exact distance.
+                // Tighten the upper bound to the current distance (computed
+                // in f32 like every other distance, within the margin `e`).
                 let xn = x_norms[base + r] as f64;
-                let e = DIST_REL_ERR * (xn + gc.c_max);
-                let exact = sq_dist(&xb[r * d..(r + 1) * d], &gc.c[a * d..(a + 1) * d]);
-                let u = ((exact + e).sqrt() * (1.0 + 1e-6)) as f32;
+                let e = dist_rel_err(d) * (xn + gc.c_max);
+                let dot = crate::simd::dot(&xb[r * d..(r + 1) * d], &gc.c[a * d..(a + 1) * d]);
+                let computed = (xn + gc.c_norms[a] as f64 - 2.0 * dot as f64).max(0.0);
+                let u = ((computed + 2.0 * e).sqrt() * (1.0 + 1e-6)) as f32;
                 ub[r] = u;
                 if u <= bound {
                     continue;
@@ -776,7 +787,7 @@ fn assign_grouped(
                 let r = r as usize;
                 let (v, arg) = s.best[p];
                 let xn = x_norms[base + r];
-                let e = DIST_REL_ERR * (xn as f64 + gc.c_max);
+                let e = dist_rel_err(d) * (xn as f64 + gc.c_max);
                 let d1 = (xn + v).max(0.0);
                 lb[r] = arg;
                 db[r] = d1;
@@ -793,7 +804,7 @@ fn assign_grouped(
                     m1
                 };
                 let xn = x_norms[base + r];
-                let e = DIST_REL_ERR * (xn as f64 + gc.c_max);
+                let e = dist_rel_err(d) * (xn as f64 + gc.c_max);
                 lwb[r * t + g as usize] = if m.is_finite() {
                     (((xn + m) as f64 - e).max(0.0).sqrt() * (1.0 - 1e-6)) as f32
                 } else {
@@ -820,7 +831,7 @@ fn half_separation(c: &[f32], c_norms: &[f32], d: usize) -> Vec<f32> {
             let mut m = f64::INFINITY;
             for j in (0..k).filter(|&j| j != i) {
                 let v = (c_norms[i] + c_norms[j] - 2.0 * cc[i * k + j]) as f64
-                    - DIST_REL_ERR * (c_norms[i] as f64 + c_norms[j] as f64);
+                    - dist_rel_err(d) * (c_norms[i] as f64 + c_norms[j] as f64);
                 m = m.min(v);
             }
             (0.5 * m.max(0.0).sqrt() * (1.0 - 1e-6)) as f32
@@ -883,6 +894,7 @@ fn lloyd(
             }
             let mut gc = GroupedCentroids {
                 c: &centroids,
+                c_norms: &c_norms,
                 cp: groups
                     .order
                     .iter()

@@ -61,6 +61,25 @@ multiversion! {
 }
 
 multiversion! {
+    /// `Σ_t a[t]·b[t]` in f32, over [`LANES`] partial sums (each over the
+    /// indices congruent modulo `LANES`, in order) added in lane order.
+    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let full = n / LANES * LANES;
+        let mut acc = [0f32; LANES];
+        for (ca, cb) in a[..full].chunks_exact(LANES).zip(b[..full].chunks_exact(LANES)) {
+            for l in 0..LANES {
+                acc[l] += ca[l] * cb[l];
+            }
+        }
+        for j in full..n {
+            acc[j - full] += a[j] * b[j];
+        }
+        acc.iter().sum()
+    }
+}
+
+multiversion! {
     /// `Σ_t a[t]²` in f64, over [`LANES`] partial sums added in lane order
     /// (non-finite when `a` holds a NaN or an infinity).
     pub fn sq_norm(a: &[f32]) -> f64 {
@@ -266,6 +285,26 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn dot_matches_the_f64_sum_to_f32_rounding() {
+        let mut rng = Rng::new(10);
+        for n in [0, 1, 15, 16, 17, 384, 1000] {
+            let a: Vec<f32> = (0..n).map(|_| rng.next_f64() as f32 - 0.5).collect();
+            let b: Vec<f32> = (0..n).map(|_| rng.next_f64() as f32 - 0.5).collect();
+            let exact: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
+            let scale: f64 = a
+                .iter()
+                .zip(&b)
+                .map(|(&x, &y)| (x as f64 * y as f64).abs())
+                .sum();
+            let got = dot(&a, &b) as f64;
+            assert!(
+                (got - exact).abs() <= 1e-6 * scale.max(1e-30) + 1e-30,
+                "n={n}"
+            );
         }
     }
 
