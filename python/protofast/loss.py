@@ -200,6 +200,7 @@ class _Targets:
 
 
 def _nonzero(value: Tensor | float) -> bool:
+    """Whether a diagonal weight may be non-zero (a tensor is not inspected: no sync)."""
     return isinstance(value, Tensor) or value != 0.0
 
 
