@@ -7,7 +7,7 @@ Three sections, all on the same unit-norm clustered data (fixed seed):
    inertia (recomputed in float64 for every tool from its returned centroids), and the per-iteration
    rate (``2·N·D·k`` flops) as a fraction of the numpy float32 GEMM rate measured in the same run.
 2. End to end: each tool's own initialisation and convergence rule (library defaults).
-3. Initialisation only: k-means++ seeding (protofast ``max_iter=0``, sklearn ``kmeans_plusplus``,
+3. Initialisation only: k-means++ seeding (protofast and sklearn ``kmeans_plusplus``,
    faiss ``niter=0`` with its k-means++ / AFK-MC² init methods).
 
 Run: ``.venv/bin/python benches/bench_kmeans.py --quick`` (``--full`` adds 1M×384×1000).
@@ -209,14 +209,11 @@ def protofast_default(x: np.ndarray, k: int) -> KMOut:
 
 
 def protofast_init_only(x: np.ndarray, k: int, n_local_trials: int | None = None) -> KMOut:
-    """protofast k-means++ seeding only (``max_iter=0``); greedy unless ``n_local_trials``."""
+    """protofast k-means++ seeding only (``kmeans_plusplus``); greedy unless ``n_local_trials``."""
     pf = common.load_protofast(quiet=True)
     assert pf is not None
-    if n_local_trials is None:
-        r = pf.kmeans(x, k, init="k-means++", max_iter=0, seed=0)
-    else:
-        r = pf.kmeans(x, k, init="k-means++", max_iter=0, seed=0, n_local_trials=n_local_trials)
-    return KMOut(np.asarray(r.centroids), int(r.n_iter))
+    centers, _ = pf.kmeans_plusplus(x, k, seed=0, n_local_trials=n_local_trials)
+    return KMOut(np.asarray(centers), 0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -369,7 +366,7 @@ def e2e_section(ctx: SizeContext) -> list[dict[str, Any]]:
 
 
 def protofast_init_error() -> str | None:
-    """``None`` if ``protofast.kmeans(..., max_iter=0)`` works, else the error text."""
+    """``None`` if ``protofast.kmeans_plusplus`` works here, else the error text."""
     x = common.unit_blobs(200, 8, 5, seed=0)
     try:
         protofast_init_only(x, 5)
@@ -384,7 +381,7 @@ def init_section(ctx: SizeContext, pf_init_ok: bool) -> list[dict[str, Any]]:
     k = ctx.c0.shape[0]
     fns: dict[str, tuple[str, Callable[[], KMOut]]] = {}
     if "protofast" in ctx.tools and pf_init_ok:
-        fns["protofast"] = ("greedy k-means++ (max_iter=0)", lambda: protofast_init_only(x, k))
+        fns["protofast"] = ("greedy k-means++ (kmeans_plusplus)", lambda: protofast_init_only(x, k))
         fns["protofast 1-trial"] = (
             "k-means++, one draw per centre (n_local_trials=1)",
             lambda: protofast_init_only(x, k, 1),
@@ -466,7 +463,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         err = protofast_init_error()
         pf_init_ok = err is None
         if err is not None:
-            notes.append(f"protofast init-only (max_iter=0) not supported: {err}")
+            notes.append(f"protofast init-only (kmeans_plusplus) not supported: {err}")
 
     for n, d, k in args.sizes:
         x, c0 = make_data(

@@ -20,7 +20,9 @@ use std::borrow::Cow;
 use rayon::prelude::*;
 
 use crate::error::{check_finite, check_matrix, Error, Result};
-use crate::linalg::{nearest, normalize_rows, row_sq_norms, sq_dist, Metric, ROW_BLOCK};
+use crate::linalg::{
+    checked_sq_norms, nearest, normalize_rows, row_sq_norms, sq_dist, Metric, ROW_BLOCK,
+};
 use crate::rng::Rng;
 use crate::simd::{accumulate_rows, add_row, argmin2, column_argmin2, sub_row};
 
@@ -96,27 +98,9 @@ pub struct KMeansResult {
 /// Parallel in the current rayon pool; see the module docs for determinism.
 pub fn kmeans(x: &[f32], n: usize, d: usize, params: &KMeansParams) -> Result<KMeansResult> {
     let k = params.k;
-    check_matrix("x", x, n, d)?;
-    if n == 0 {
-        return Err(Error::invalid("x", "must have at least one row"));
-    }
-    if d == 0 {
-        return Err(Error::invalid("x", "must have at least one column"));
-    }
-    if k == 0 {
-        return Err(Error::invalid("k", "must be at least 1"));
-    }
-    if k > n {
-        return Err(Error::invalid(
-            "k",
-            format!("k={k} exceeds the number of points ({n})"),
-        ));
-    }
+    check_points(x, n, d, k, params.n_local_trials)?;
     if params.n_init == 0 {
         return Err(Error::invalid("n_init", "must be at least 1"));
-    }
-    if params.n_local_trials == Some(0) {
-        return Err(Error::invalid("n_local_trials", "must be at least 1"));
     }
     if !(params.tol.is_finite() && params.tol >= 0.0) {
         return Err(Error::invalid("tol", "must be a finite number ≥ 0"));
@@ -162,7 +146,11 @@ pub fn kmeans(x: &[f32], n: usize, d: usize, params: &KMeansParams) -> Result<KM
         let init = match (&params.init, &given) {
             (_, Some(c)) => c.clone(),
             (Init::Random, _) => random_init(x, n, d, k, &mut rng),
-            _ => kmeans_plus_plus(x, &x_norms, n, d, k, params.n_local_trials, &mut rng, true),
+            _ => gather_rows(
+                x,
+                d,
+                &kmeans_plus_plus(x, &x_norms, n, d, k, params.n_local_trials, &mut rng, true),
+            ),
         };
         let run = lloyd(
             x,
@@ -180,6 +168,72 @@ pub fn kmeans(x: &[f32], n: usize, d: usize, params: &KMeansParams) -> Result<KM
         }
     }
     best.ok_or_else(|| Error::invalid("n_init", "must be at least 1"))
+}
+
+/// The checks shared by [`kmeans`] and [`kmeans_plusplus`] (finiteness
+/// aside).
+fn check_points(
+    x: &[f32],
+    n: usize,
+    d: usize,
+    k: usize,
+    n_local_trials: Option<usize>,
+) -> Result<()> {
+    check_matrix("x", x, n, d)?;
+    if n == 0 {
+        return Err(Error::invalid("x", "must have at least one row"));
+    }
+    if d == 0 {
+        return Err(Error::invalid("x", "must have at least one column"));
+    }
+    if k == 0 {
+        return Err(Error::invalid("k", "must be at least 1"));
+    }
+    if k > n {
+        return Err(Error::invalid(
+            "k",
+            format!("k={k} exceeds the number of points ({n})"),
+        ));
+    }
+    if n_local_trials == Some(0) {
+        return Err(Error::invalid("n_local_trials", "must be at least 1"));
+    }
+    Ok(())
+}
+
+/// The k-means++ seeds of the n×d row-major matrix `x`: the indices of the
+/// `k` chosen rows, in the order chosen (`n_local_trials` as in
+/// [`KMeansParams`]). They are the initial centroids of [`kmeans`] with the
+/// same seed and `n_init = 1` (without `spherical`), without its assignment
+/// of the points.
+pub fn kmeans_plusplus(
+    x: &[f32],
+    n: usize,
+    d: usize,
+    k: usize,
+    seed: u64,
+    n_local_trials: Option<usize>,
+) -> Result<Vec<usize>> {
+    check_points(x, n, d, k, n_local_trials)?;
+    let x_norms = checked_sq_norms("x", x, d)?;
+    let mut rng = Rng::new(seed);
+    Ok(kmeans_plus_plus(
+        x,
+        &x_norms,
+        n,
+        d,
+        k,
+        n_local_trials,
+        &mut rng,
+        true,
+    ))
+}
+
+/// The rows `idx` of the n×d matrix `x`, in that order.
+fn gather_rows(x: &[f32], d: usize, idx: &[usize]) -> Vec<f32> {
+    idx.iter()
+        .flat_map(|&i| x[i * d..(i + 1) * d].iter().copied())
+        .collect()
 }
 
 /// Mean over features of the per-feature variance (f64, fixed order).
@@ -319,11 +373,13 @@ fn kmeans_plus_plus(
     n_local_trials: Option<usize>,
     rng: &mut Rng,
     prune: bool,
-) -> Vec<f32> {
+) -> Vec<usize> {
     let trials = n_local_trials.unwrap_or(2 + (k as f64).ln().floor() as usize);
     let mut centers = Vec::with_capacity(k * d);
     let mut center_norms = Vec::with_capacity(k);
     let first = rng.below(n);
+    let mut chosen = Vec::with_capacity(k);
+    chosen.push(first);
     centers.extend_from_slice(&x[first * d..(first + 1) * d]);
     center_norms.push(x_norms[first]);
     let mut closest = vec![0f32; n];
@@ -453,8 +509,9 @@ fn kmeans_plus_plus(
             });
         centers.extend_from_slice(&cand[best * d..(best + 1) * d]);
         center_norms.push(cand_norms[best]);
+        chosen.push(cand_idx[best]);
     }
-    centers
+    chosen
 }
 
 /// Per-group products run by the bounded assignment (tests only).
@@ -1240,9 +1297,8 @@ mod tests {
             let c = in_pool(3, || {
                 kmeans_plus_plus(&x, &norms, n, d, k, None, &mut Rng::new(5), true)
             });
-            let bits = |v: &[f32]| v.iter().map(|t| t.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&a), bits(&b), "sorted={sorted} noise={noise}");
-            assert_eq!(bits(&a), bits(&c));
+            assert_eq!(a, b, "sorted={sorted} noise={noise}");
+            assert_eq!(a, c);
             if sorted && noise < 1.0 {
                 assert!(skipped > 0, "pruning never fired");
             }
@@ -1434,6 +1490,34 @@ mod tests {
         p.n_local_trials = Some(0);
         let e = kmeans(&x, 3, 2, &p).unwrap_err();
         assert!(e.to_string().starts_with("n_local_trials:"), "{e}");
+    }
+
+    #[test]
+    fn seeds_alone_are_the_initial_centroids_of_kmeans() {
+        let x = hd_blobs(100, 6, 8, 2.0, false);
+        let n = x.len() / 8;
+        for trials in [None, Some(1), Some(4)] {
+            let mut p = KMeansParams::new(6);
+            p.max_iter = 0;
+            p.seed = 17;
+            p.n_local_trials = trials;
+            let idx = kmeans_plusplus(&x, n, 8, 6, 17, trials).unwrap();
+            assert_eq!(idx.len(), 6);
+            assert_eq!(
+                gather_rows(&x, 8, &idx),
+                kmeans(&x, n, 8, &p).unwrap().centroids
+            );
+            let mut sorted = idx.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(sorted.len(), 6, "a row chosen twice");
+        }
+        assert!(kmeans_plusplus(&x, n, 8, n + 1, 0, None).is_err());
+        assert!(kmeans_plusplus(&x, n, 8, 2, 0, Some(0)).is_err());
+        let mut bad = x.clone();
+        bad[8 * 5 + 2] = f32::INFINITY;
+        let e = kmeans_plusplus(&bad, n, 8, 2, 0, None).unwrap_err();
+        assert_eq!(e, Error::NonFinite { arg: "x", row: 5 });
     }
 
     #[test]

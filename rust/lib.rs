@@ -18,6 +18,6 @@ pub mod store;
 mod python;
 
 pub use error::{Error, Result};
-pub use kmeans::{kmeans, Init, KMeansParams, KMeansResult};
+pub use kmeans::{kmeans, kmeans_plusplus, Init, KMeansParams, KMeansResult};
 pub use lookup::{nearest_prototype, LookupMetric};
 pub use store::{LabelStore, StoreState};

@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::kmeans::{Init, KMeansParams};
 use crate::lookup::LookupMetric;
 use crate::store::{LabelStore, StoreState};
-use crate::{kmeans, nearest_prototype, parallel};
+use crate::{kmeans, kmeans_plusplus, nearest_prototype, parallel};
 
 create_exception!(
     protofast,
@@ -115,6 +115,26 @@ fn kmeans_raw<'py>(
     let centroids = to_matrix(py, r.centroids, k, d);
     let labels = ids_to_py(py, r.labels);
     (centroids, labels, r.inertia, r.n_iter, r.converged).into_pyobject(py)
+}
+
+/// k-means++ seeds (row indices); see `protofast.kmeans_plusplus`.
+#[pyfunction]
+#[pyo3(signature = (x, k, *, seed, n_local_trials=None))]
+fn kmeans_plusplus_raw<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray2<'py, f32>,
+    k: usize,
+    seed: u64,
+    n_local_trials: Option<usize>,
+) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    let (data, n, d) = matrix(&x);
+    let idx =
+        py.detach(|| parallel::install(|| kmeans_plusplus(&data, n, d, k, seed, n_local_trials)))??;
+    Ok(idx
+        .into_iter()
+        .map(|i| i as i64)
+        .collect::<Vec<_>>()
+        .into_pyarray(py))
 }
 
 /// `(ids, scores)` of a lookup.
@@ -350,6 +370,7 @@ fn _protofast(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ProtofastError", m.py().get_type::<ProtofastError>())?;
     m.add_class::<PyLabelStore>()?;
     m.add_function(wrap_pyfunction!(kmeans_raw, m)?)?;
+    m.add_function(wrap_pyfunction!(kmeans_plusplus_raw, m)?)?;
     m.add_function(wrap_pyfunction!(nearest_prototype_raw, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;

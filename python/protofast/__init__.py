@@ -1,8 +1,8 @@
 """protofast: prototypical and pairwise soft targets for sensor-to-language
 training, on a Rust core.
 
-The core (:func:`kmeans`, :class:`LabelStore`, :func:`nearest_prototype`) is
-compiled Rust and needs only numpy. The training layer
+The core (:func:`kmeans`, :func:`kmeans_plusplus`, :class:`LabelStore`,
+:func:`nearest_prototype`) is compiled Rust and needs only numpy. The training layer
 (:class:`PrototypeManager`, :class:`InfoNCELoss`, :class:`SemanticAlignmentLoss`,
 :func:`compute_retrieval_metrics`) needs torch and is imported on first use.
 """
@@ -17,6 +17,7 @@ from ._core import (
     ProtofastError,
     get_num_threads,
     kmeans,
+    kmeans_plusplus,
     nearest_prototype,
     set_num_threads,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "compute_retrieval_metrics",
     "get_num_threads",
     "kmeans",
+    "kmeans_plusplus",
     "nearest_prototype",
     "set_num_threads",
 ]

@@ -182,6 +182,41 @@ def kmeans(
     return KMeansResult(centroids, labels, float(inertia), int(n_iter), bool(converged))
 
 
+def kmeans_plusplus(
+    x: Any, k: int, *, seed: int = 0, n_local_trials: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """k-means++ seeds alone, as scikit-learn's ``kmeans_plusplus``.
+
+    The seeds are the initial centroids of :func:`kmeans` with the same
+    ``seed`` and ``n_local_trials`` (``n_init=1``, not spherical), without the
+    assignment of the points that :func:`kmeans` does even with
+    ``max_iter=0``. Deterministic for a given ``seed`` whatever the number of
+    threads.
+
+    Args:
+        x: ``(N, D)`` points (numpy array or torch tensor, any real dtype).
+        k: Number of seeds, ``1 <= k <= N``.
+        seed: Seed of the random draws (``0 <= seed < 2**64``).
+        n_local_trials: Candidates drawn per centre (see :func:`kmeans`);
+            ``None``: ``2 + floor(ln k)``, ``1``: one draw per centre.
+
+    Returns:
+        ``(centers, indices)``: the ``(k, D)`` float32 seeds and the int64
+        indices of the rows of ``x`` they are, in the order chosen.
+
+    Raises:
+        TypeError: An argument has the wrong type.
+        ProtofastError: A value is invalid (``k > N``, a NaN in ``x``, ...).
+    """
+    data = as_matrix(x, "x")
+    k = _int("k", k, 1)
+    seed = _int("seed", seed, 0, 2**64 - 1)
+    if n_local_trials is not None:
+        n_local_trials = _int("n_local_trials", n_local_trials, 1)
+    indices = _protofast.kmeans_plusplus_raw(data, k, seed=seed, n_local_trials=n_local_trials)
+    return data[indices], indices
+
+
 def nearest_prototype(
     queries: Any, centroids: Any, *, metric: Literal["l2", "cosine"] = "l2"
 ) -> tuple[np.ndarray, np.ndarray]:

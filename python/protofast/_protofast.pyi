@@ -10,6 +10,7 @@ __all__ = [
     "ProtofastError",
     "get_num_threads",
     "kmeans_raw",
+    "kmeans_plusplus_raw",
     "nearest_prototype_raw",
     "set_num_threads",
     "__version__",
@@ -33,6 +34,9 @@ def kmeans_raw(
     spherical: bool,
     n_local_trials: int | None = None,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], float, int, bool]: ...
+def kmeans_plusplus_raw(
+    x: npt.NDArray[np.float32], k: int, *, seed: int, n_local_trials: int | None = None
+) -> npt.NDArray[np.int64]: ...
 def nearest_prototype_raw(
     queries: npt.NDArray[np.float32], centroids: npt.NDArray[np.float32], metric: str
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
