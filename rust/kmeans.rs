@@ -933,22 +933,28 @@ fn lloyd(
     let mut group_drift = vec![0f64; t];
     // Whether the next bounded step compares every point with every centroid.
     let mut full = true;
-    // Iterations left before the bounds are tried again after they failed
-    // to skip at least half of the distances (a bounded step that computes
-    // more than about half of them costs more than a full one: its products
-    // are smaller and its rows are copied per group). Full steps also reset
-    // the bounds to exact values.
+    // When a bounded step still computes more than half of the distances it
+    // costs more than a plain one (its products are smaller and its rows
+    // are copied per group), so the next `cooldown` steps are plain ones
+    // (no bounds kept), the last of them a full step that sets the bounds
+    // afresh; each failure doubles the wait (`backoff`), a success resets it.
     let mut cooldown = 0usize;
+    let mut backoff = 2usize;
     let mut sums = ClusterSums::new();
     let mut n_iter = 0;
     let mut converged = false;
     for it in 0..max_iter {
         let c_norms = row_sq_norms(&centroids, d);
-        if let Some(groups) = &groups {
-            if cooldown > 0 {
+        let plain = match &groups {
+            None => true,
+            Some(_) if cooldown > 0 => {
                 cooldown -= 1;
                 full = true;
+                cooldown > 0
             }
+            Some(_) => false,
+        };
+        if let (Some(groups), false) = (&groups, plain) {
             let mut gc = GroupedCentroids {
                 c: &centroids,
                 c_norms: &c_norms,
@@ -982,8 +988,13 @@ fn lloyd(
                 &mut dists,
                 &mut bounds,
             );
-            if !full && done * 2 > n * k {
-                cooldown = 2;
+            if !full {
+                if done * 2 > n * k {
+                    cooldown = backoff;
+                    backoff = (backoff * 2).min(max_iter.max(2));
+                } else {
+                    backoff = 2;
+                }
             }
             let mut has = vec![false; k];
             labels.iter().for_each(|&l| has[l as usize] = true);
