@@ -67,6 +67,7 @@ bench: develop ## The benchmarks of benches/RESULTS.md (~30 min): markdown table
 	$(PY) benches/bench_lookup.py --quick
 	$(PY) benches/bench_step.py --quick
 	$(PY) benches/bench_memory.py --quick
+	$(PY) benches/bench_update.py
 
 bench-full: develop ## Benchmarks at every size of the issue (long)
 	$(PIP) install -q $(BENCH_REQS)

@@ -1,6 +1,6 @@
 """Run every protofast benchmark and print all markdown tables together.
 
-``.venv/bin/python benches/run_all.py [--quick | --full] [--only kmeans,lookup,step,memory]``
+``.venv/bin/python benches/run_all.py [--quick | --full] [--only kmeans,lookup,step,memory,update]``
 
 Each bench also writes its own ``benches/out/<name>.json``; this script adds ``benches/out/all.md``
 (the combined report) and ``benches/out/all.json``.
@@ -21,6 +21,7 @@ import bench_kmeans  # noqa: E402
 import bench_lookup  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_step  # noqa: E402
+import bench_update  # noqa: E402
 import common  # noqa: E402
 
 BENCHES: dict[str, Callable[[Sequence[str] | None], dict[str, Any]]] = {
@@ -28,6 +29,7 @@ BENCHES: dict[str, Callable[[Sequence[str] | None], dict[str, Any]]] = {
     "lookup": bench_lookup.main,
     "step": bench_step.main,
     "memory": bench_memory.main,
+    "update": bench_update.main,
 }
 
 

@@ -20,6 +20,15 @@ struct PoolState {
 
 static POOL: Mutex<Option<PoolState>> = Mutex::new(None);
 
+/// A one-thread pool for calls too small to gain from threads (rebuilt after
+/// a fork like [`POOL`]).
+static SERIAL: Mutex<Option<PoolState>> = Mutex::new(None);
+
+/// Below this much work (multiply-adds of one pass, as estimated by the
+/// caller), [`install_for`] runs on the one-thread pool: waking other
+/// threads for every parallel loop would cost more than the loop.
+pub const SERIAL_WORK: usize = 1 << 22;
+
 /// The default thread count: `PROTOFAST_NUM_THREADS` if set to a positive
 /// integer, else the number of available cores.
 pub fn default_num_threads() -> usize {
@@ -39,19 +48,32 @@ fn build(threads: usize) -> Result<Arc<ThreadPool>> {
         .map_err(|e| Error::invalid("num_threads", format!("cannot start threads: {e}")))
 }
 
-fn lock() -> std::sync::MutexGuard<'static, Option<PoolState>> {
+fn lock_of(
+    state: &'static Mutex<Option<PoolState>>,
+) -> std::sync::MutexGuard<'static, Option<PoolState>> {
     // A panic while the lock was held cannot leave the state half-written
     // (it is replaced whole), so a poisoned lock is safe to reuse.
-    POOL.lock().unwrap_or_else(|e| e.into_inner())
+    state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn current_pool() -> Result<Arc<ThreadPool>> {
-    let mut guard = lock();
+fn lock() -> std::sync::MutexGuard<'static, Option<PoolState>> {
+    lock_of(&POOL)
+}
+
+/// The pool held by `state`, built (with `threads`, or the count it had,
+/// or the default) when missing or inherited across a fork.
+fn pool_of(
+    state: &'static Mutex<Option<PoolState>>,
+    threads: Option<usize>,
+) -> Result<Arc<ThreadPool>> {
+    let mut guard = lock_of(state);
     let pid = std::process::id();
     match guard.as_ref() {
         Some(state) if state.pid == pid => Ok(Arc::clone(&state.pool)),
         stale => {
-            let threads = stale.map_or_else(default_num_threads, |s| s.threads);
+            let threads = threads
+                .or(stale.map(|s| s.threads))
+                .unwrap_or_else(default_num_threads);
             if let Some(old) = guard.take() {
                 // Inherited across fork: its threads do not exist here, so
                 // dropping it could wait forever. Leak it instead.
@@ -68,6 +90,10 @@ fn current_pool() -> Result<Arc<ThreadPool>> {
             Ok(pool)
         }
     }
+}
+
+fn current_pool() -> Result<Arc<ThreadPool>> {
+    pool_of(&POOL, None)
 }
 
 /// Sets the number of threads used by later calls (must be ≥ 1).
@@ -94,6 +120,17 @@ pub fn num_threads() -> usize {
         .map_or_else(default_num_threads, |s| s.threads)
 }
 
+/// Runs `f` inside the shared pool, or on the one-thread pool when `work`
+/// (the caller's estimate of one pass's multiply-adds) is below
+/// [`SERIAL_WORK`]. Results do not depend on the choice: every routine of
+/// the crate gives the same bits whatever the thread count.
+pub fn install_for<R: Send>(work: usize, f: impl FnOnce() -> R + Send) -> Result<R> {
+    if work < SERIAL_WORK && num_threads() > 1 {
+        return Ok(pool_of(&SERIAL, Some(1))?.install(f));
+    }
+    install(f)
+}
+
 /// Runs `f` inside the shared pool.
 pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> Result<R> {
     let pool = current_pool()?;
@@ -112,5 +149,11 @@ mod tests {
         set_num_threads(1).unwrap();
         assert_eq!(install(rayon::current_num_threads).unwrap(), 1);
         assert!(set_num_threads(0).is_err());
+        set_num_threads(3).unwrap();
+        assert_eq!(install_for(10, rayon::current_num_threads).unwrap(), 1);
+        assert_eq!(
+            install_for(SERIAL_WORK, rayon::current_num_threads).unwrap(),
+            3
+        );
     }
 }

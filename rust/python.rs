@@ -111,7 +111,8 @@ fn kmeans_raw<'py>(
         spherical,
         n_local_trials,
     };
-    let r = py.detach(|| parallel::install(|| kmeans(&data, n, d, &params)))??;
+    let work = n.saturating_mul(d).saturating_mul(k);
+    let r = py.detach(|| parallel::install_for(work, || kmeans(&data, n, d, &params)))??;
     let centroids = to_matrix(py, r.centroids, k, d);
     let labels = ids_to_py(py, r.labels);
     (centroids, labels, r.inertia, r.n_iter, r.converged).into_pyobject(py)
@@ -128,8 +129,11 @@ fn kmeans_plusplus_raw<'py>(
     n_local_trials: Option<usize>,
 ) -> PyResult<Bound<'py, PyArray1<i64>>> {
     let (data, n, d) = matrix(&x);
-    let idx =
-        py.detach(|| parallel::install(|| kmeans_plusplus(&data, n, d, k, seed, n_local_trials)))??;
+    let idx = py.detach(|| {
+        parallel::install_for(n.saturating_mul(d).saturating_mul(k), || {
+            kmeans_plusplus(&data, n, d, k, seed, n_local_trials)
+        })
+    })??;
     Ok(idx
         .into_iter()
         .map(|i| i as i64)
@@ -160,8 +164,11 @@ fn nearest_prototype_raw<'py>(
         )
         .into());
     }
-    let (ids, scores) =
-        py.detach(|| parallel::install(|| nearest_prototype(&q, nq, &c, k, d, metric)))??;
+    let (ids, scores) = py.detach(|| {
+        parallel::install_for(nq.saturating_mul(d).saturating_mul(k), || {
+            nearest_prototype(&q, nq, &c, k, d, metric)
+        })
+    })??;
     Ok((ids_to_py(py, ids), scores.into_pyarray(py)))
 }
 
