@@ -65,7 +65,7 @@ bench: develop ## The benchmarks of benches/RESULTS.md (~30 min): markdown table
 	$(PY) benches/bench_kmeans.py --sizes 100000x384x256 --repeats 3 --tools protofast,sklearn-lloyd,faiss,numpy --no-e2e --json-name kmeans_100k
 	$(PY) benches/bench_kmeans.py --sizes 10000x384x100,100000x384x256 --noise 1.0 --repeats 3 --tools protofast,sklearn-lloyd,faiss --no-e2e --no-init --json-name kmeans_clustered
 	$(PY) benches/bench_lookup.py --quick
-	$(PY) benches/bench_step.py --quick
+	$(PY) benches/bench_step.py --quick --interleave
 	$(PY) benches/bench_memory.py --quick
 	$(PY) benches/bench_update.py
 

@@ -141,6 +141,9 @@ pub fn kmeans(x: &[f32], n: usize, d: usize, params: &KMeansParams) -> Result<KM
     let tol = params.tol * mean_feature_variance(x, n, d);
     let mut rng = Rng::new(params.seed);
     let runs = if given.is_some() { 1 } else { params.n_init };
+    // Bounds pay only when a step is long enough to amortise their
+    // bookkeeping (same results either way).
+    let bounded = n.saturating_mul(d).saturating_mul(k) >= BOUNDED_MIN_WORK;
     let mut best: Option<KMeansResult> = None;
     for _ in 0..runs {
         let init = match (&params.init, &given) {
@@ -161,7 +164,7 @@ pub fn kmeans(x: &[f32], n: usize, d: usize, params: &KMeansParams) -> Result<KM
             params.max_iter,
             tol,
             params.spherical,
-            true,
+            bounded,
         );
         if best.as_ref().is_none_or(|b| run.inertia < b.inertia) {
             best = Some(run);
@@ -517,6 +520,10 @@ fn kmeans_plus_plus(
 /// Per-group products run by the bounded assignment (tests only).
 #[cfg(test)]
 static GROUP_PRODUCTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Smallest n·d·k for which Lloyd keeps bounds (below, plain steps are
+/// cheaper than the bookkeeping).
+const BOUNDED_MIN_WORK: usize = 1 << 20;
 
 /// Target number of centroids per group of the grouped bounds.
 const GROUP_SIZE: usize = 16;
