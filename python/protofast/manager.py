@@ -318,6 +318,8 @@ class PrototypeManager:
         return True
 
     def _log_update(self, inertia: float) -> None:
+        if not logger.isEnabledFor(logging.INFO):
+            return
         lines = [
             f"[PrototypeManager] Updated prototypes (update #{self.num_updates})",
             f"  Total unique labels: {self.num_labels_seen}",
