@@ -637,6 +637,8 @@ struct Scratch {
     dots: Vec<f32>,
     dots_rows: Vec<f32>,
     best: Vec<(f32, u32)>,
+    /// Each block row's position in `need` (`u32::MAX`: not needed).
+    pos: Vec<u32>,
     cols: GroupScan,
     /// (row position in `need`, group, smallest, second smallest, original
     /// index of the smallest) for every group computed for a row.
@@ -765,10 +767,10 @@ fn assign_grouped(
             s.best.clear();
             s.best.resize(m, (f32::INFINITY, u32::MAX));
             s.found.clear();
-            // Each needed row's position in `need`.
-            let mut pos = vec![u32::MAX; rows];
+            s.pos.clear();
+            s.pos.resize(rows, u32::MAX);
             for (p, &r) in s.need.iter().enumerate() {
-                pos[r as usize] = p as u32;
+                s.pos[r as usize] = p as u32;
             }
             let computed;
             if full || pairs_needed * 2 >= m * k {
@@ -834,7 +836,7 @@ fn assign_grouped(
                     s.cols.scan(gc, g, &s.dots[..mg * kg], mg);
                     for (q, &r) in s.per_group[g].iter().enumerate() {
                         let c = &s.cols;
-                        let found = (pos[r as usize], g as u32, c.m1[q], c.m2[q], c.arg[q]);
+                        let found = (s.pos[r as usize], g as u32, c.m1[q], c.m2[q], c.arg[q]);
                         s.found.push(found);
                     }
                 }
@@ -924,7 +926,6 @@ fn lloyd(
 ) -> KMeansResult {
     let k = centroids.len() / d;
     let mut labels = vec![0u32; n];
-    let mut prev = vec![u32::MAX; n];
     let mut dists = vec![0f32; n];
     let groups = if bounded && max_iter > 0 {
         Some(Groups::new(&centroids, k, d))
@@ -1032,7 +1033,9 @@ fn lloyd(
                 &mut dists,
             );
         }
-        sums.update(x, d, k, &labels);
+        // The sums follow the labels of the previous step, so no point
+        // moving means the labels did not change: converged.
+        let moved = sums.update(x, d, k, &labels);
         let new = sums.centroids(x, d, &dists, &centroids, spherical);
         let sq_drift: Vec<f64> = (0..k)
             .map(|j| sq_dist(&new[j * d..(j + 1) * d], &centroids[j * d..(j + 1) * d]))
@@ -1050,11 +1053,10 @@ fn lloyd(
         }
         centroids = new;
         n_iter = it + 1;
-        if labels == prev || shift <= tol {
+        if moved == 0 || shift <= tol {
             converged = true;
             break;
         }
-        prev.copy_from_slice(&labels);
     }
     let c_norms = row_sq_norms(&centroids, d);
     nearest(
@@ -1112,10 +1114,11 @@ impl ClusterSums {
         }
     }
 
-    /// Brings the sums in step with `labels`. Parallel over clusters; each
-    /// cluster's additions and removals are applied in index order, so the
-    /// result does not depend on the thread count.
-    fn update(&mut self, x: &[f32], d: usize, k: usize, labels: &[u32]) {
+    /// Brings the sums in step with `labels`; returns how many points changed
+    /// cluster since the last call (all of them on the first). Parallel over
+    /// clusters; each cluster's additions and removals are applied in index
+    /// order, so the result does not depend on the thread count.
+    fn update(&mut self, x: &[f32], d: usize, k: usize, labels: &[u32]) -> usize {
         let n = labels.len();
         let Some(prev) = self.labels.as_mut() else {
             // First build: each cluster's members summed in index order.
@@ -1129,14 +1132,14 @@ impl ClusterSums {
                     accumulate_rows(acc, x, &order[offsets[j]..offsets[j + 1]], d);
                 });
             self.labels = Some(labels.to_vec());
-            return;
+            return n;
         };
         // Moves, grouped by the cluster they touch: (point, +1 joins / −1 leaves).
         let moved: Vec<u32> = (0..n as u32)
             .filter(|&i| labels[i as usize] != prev[i as usize])
             .collect();
         if moved.is_empty() {
-            return;
+            return 0;
         }
         let mut offsets = vec![0usize; k + 1];
         for &i in &moved {
@@ -1173,6 +1176,7 @@ impl ClusterSums {
         for &i in &moved {
             prev[i as usize] = labels[i as usize];
         }
+        moved.len()
     }
 
     /// The centroids: each cluster's mean (unit-normalised when
