@@ -178,12 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="3 runs (2 for 1M queries)")
     g.add_argument("--full", action="store_true", help="7 runs (5 for 1M queries)")
-    p.add_argument(
-        "--queries", type=lambda s: [int(float(v)) for v in s.split(",")], default=list(QUERIES)
-    )
-    p.add_argument(
-        "--centroids", type=lambda s: [int(v) for v in s.split(",")], default=list(CENTROIDS)
-    )
+    p.add_argument("--queries", type=common.int_list, default=list(QUERIES))
+    p.add_argument("--centroids", type=common.int_list, default=list(CENTROIDS))
     p.add_argument("--dim", type=int, default=DIM)
     p.add_argument(
         "--repeats", type=int, default=None, help="timed runs (default 5, quick 3, full 7)"

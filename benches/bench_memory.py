@@ -260,9 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="1 000 and 1M labels (1M from limits as usual)"
     )
     g.add_argument("--full", action="store_true", help="same as default; kept for run_all")
-    p.add_argument(
-        "--labels", type=lambda s: [int(float(v)) for v in s.split(",")], default=list(LABEL_COUNTS)
-    )
+    p.add_argument("--labels", type=common.int_list, default=list(LABEL_COUNTS))
     p.add_argument("--samples", type=int, default=10, help="samples per label (default 10)")
     p.add_argument("--dim", type=int, default=DIM)
     p.add_argument(

@@ -370,10 +370,6 @@ def render(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> str:
     return head + "\n" + table
 
 
-def _int_list(text: str) -> list[int]:
-    return [int(float(v)) for v in text.split(",") if v]
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options of this bench."""
     p = argparse.ArgumentParser(
@@ -383,8 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quick", action="store_true", help="120 steps (one re-clustering)")
     g.add_argument("--full", action="store_true", help="300 steps (three re-clusterings)")
     p.add_argument("--steps", type=int, default=None, help="steps per run (default 300, quick 120)")
-    p.add_argument("--batches", type=_int_list, default=list(BATCHES))
-    p.add_argument("--labels", type=_int_list, default=list(LABELS))
+    p.add_argument("--batches", type=common.int_list, default=list(BATCHES))
+    p.add_argument("--labels", type=common.int_list, default=list(LABELS))
     p.add_argument("--clusters", default="auto", help="clusters, or 'auto' = max(5, labels // 100)")
     p.add_argument("--update-interval", type=int, default=100)
     p.add_argument("--warmup-steps", type=int, default=10, help="untimed steps before each run")

@@ -135,10 +135,6 @@ def render(rows: Sequence[dict[str, Any]]) -> str:
     )
 
 
-def _int_list(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v]
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options of this bench."""
     p = argparse.ArgumentParser(
@@ -147,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="20 calls at ≤ 1000 labels, 2 above")
     g.add_argument("--full", action="store_true", help="the defaults (accepted for run_all.py)")
-    p.add_argument("--labels", type=_int_list, default=[50, 10000])
+    p.add_argument("--labels", type=common.int_list, default=[50, 10000])
     p.add_argument("--repeats", type=int, default=50, help="timed calls at ≤ 1000 labels")
     p.add_argument("--repeats-large", type=int, default=3, help="timed calls above 1000 labels")
     p.add_argument("--threads", type=int, default=common.DEFAULT_THREADS)

@@ -622,6 +622,11 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.2f} TiB"
 
 
+def int_list(text: str) -> list[int]:
+    """Parse ``"50,10000"`` (or ``"1e4"``) into ints, for ``argparse`` ``type=``."""
+    return [int(float(v)) for v in text.split(",") if v]
+
+
 def parse_sizes(text: str) -> list[tuple[int, ...]]:
     """Parse ``"50x384x5,1000x384x20"`` (or ``;``-separated, ``:`` or ``x`` inside) into tuples.
 
