@@ -213,6 +213,21 @@ def test_deferred_ingest_matches_direct() -> None:
     torch.testing.assert_close(a.prototypes, b.prototypes)
     assert a.get_statistics()["total_embeddings_accumulated"] == 8 * 32
     assert b.get_statistics()["total_embeddings_accumulated"] == 8 * 32
+    # the next batch, with a label the clustering never saw: deferred ingest sends its
+    # clusters along with its ids, and the targets must not change for it
+    labels, emb = batch(label_vectors(), 32, seed=77)
+    labels[3] = "a new label"
+    for m in (a, b):
+        m.add_labels(labels, emb)
+    assert b._last_clusters is not None and a._last_clusters is None
+    for mode in ("nearest", "one_hot"):
+        a.unseen = b.unseen = mode
+        expected = a.get_prototype_targets(labels, emb)
+        torch.testing.assert_close(b.get_prototype_targets(labels, emb), expected)
+        b._last_clusters = None  # the lookup without the cached clusters agrees too
+        torch.testing.assert_close(b.get_prototype_targets(labels, emb), expected)
+        b.add_labels(labels, emb)
+        a.add_labels(labels, emb)
 
 
 def test_window_mode_uses_last_samples() -> None:
@@ -336,3 +351,82 @@ def test_half_precision_embeddings() -> None:
     t = m.get_prototype_targets(labels, emb.to(torch.bfloat16))
     assert t.dtype == torch.float32 and torch.allclose(t.sum(1), torch.ones(8))
     m.add_labels(labels, emb.half())
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _cuda_training_steps(manager: PrototypeManager, steps: int, seed: int, hybrid: bool):
+    """``steps`` training steps on CUDA: ``add_labels`` then an InfoNCE forward/backward.
+
+    The inputs are put on the device first (a copy from pageable host memory synchronises).
+    """
+    from protofast import InfoNCELoss
+
+    vectors = {k: v.cuda() for k, v in label_vectors().items()}
+    loss_fn = InfoNCELoss(
+        use_soft_targets=hybrid, use_prototypes=True, prototype_manager=manager
+    ).cuda()
+    inputs = []
+    for s in range(steps):
+        labels, _ = batch(label_vectors(), 32, seed * 1000 + s)
+        text = torch.nn.functional.normalize(torch.stack([vectors[n] for n in labels]), dim=1)
+        inputs.append((labels, text, torch.randn(32, 16, device="cuda", requires_grad=True)))
+    torch.cuda.synchronize()
+    return inputs, loss_fn
+
+
+def _run_steps(manager: PrototypeManager, inputs, loss_fn) -> list[torch.Tensor]:
+    losses = []
+    for labels, text, imu in inputs:
+        manager.add_labels(labels, text)
+        loss, _ = loss_fn(imu, text, labels)
+        loss.backward()
+        losses.append(loss.detach())
+    return losses
+
+
+@needs_cuda
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_cuda_steps_between_reclusterings_never_synchronise(hybrid: bool) -> None:
+    m = PrototypeManager(num_clusters=3, update_interval=10, min_samples_per_cluster=2)
+    _run_steps(m, *_cuda_training_steps(m, 10, seed=0, hybrid=hybrid))  # the 10th re-clusters
+    assert m.is_initialized and m.prototypes is not None and m.prototypes.is_cuda
+    inputs, loss_fn = _cuda_training_steps(m, 9, seed=1, hybrid=hybrid)  # none re-clusters
+    inputs[-1][0][0] = "a label never seen"  # an unseen label takes its nearest prototype
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        losses = _run_steps(m, inputs, loss_fn)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert all(bool(torch.isfinite(loss)) for loss in losses)
+    with pytest.raises(RuntimeError):  # the check is live: a synchronising call raises
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            float(losses[0])
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+
+
+@needs_cuda
+def test_cuda_manager_matches_cpu() -> None:
+    kwargs = dict(num_clusters=3, update_interval=4, min_samples_per_cluster=2)
+    cpu, gpu = PrototypeManager(**kwargs), PrototypeManager(**kwargs)
+    vectors = label_vectors()
+    for s in range(8):
+        labels, emb = batch(vectors, 32, s)
+        cpu.add_labels(labels, emb)
+        gpu.add_labels(labels, emb.cuda())
+    assert gpu.prototypes is not None and gpu.prototypes.is_cuda
+    assert cpu.label_to_cluster == gpu.label_to_cluster
+    torch.testing.assert_close(gpu.prototypes.cpu(), cpu.prototypes, rtol=1e-5, atol=1e-6)
+    labels, emb = batch(vectors, 16, 99)
+    labels[0] = "never seen"
+    for mode in ("nearest", "one_hot"):
+        cpu.unseen = gpu.unseen = mode
+        torch.testing.assert_close(
+            gpu.get_prototype_targets(labels, emb.cuda()).cpu(),
+            cpu.get_prototype_targets(labels, emb),
+            rtol=1e-5,
+            atol=1e-6,
+        )

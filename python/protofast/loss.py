@@ -141,18 +141,18 @@ class _Targets:
             self.label_part.add_(matrix)
         self.mass += mass
 
-    def add_dense(self, matrix: Tensor, mass: float | None) -> None:
-        """Adds a ``B x B`` part (owned by this object from now on); ``mass=None`` sums its
-        rows."""
+    def add_dense(self, matrix: Tensor, mass: float | None, scale: float = 1.0) -> None:
+        """Adds ``scale`` times a ``B x B`` part (owned by this object from now on);
+        ``mass=None`` sums its rows (after scaling)."""
+        if self.dense is None:
+            self.dense = matrix if scale == 1.0 else matrix.mul_(scale)
+        else:
+            self.dense.add_(matrix, alpha=scale)
         if mass is None:
-            rows = matrix.sum(dim=1)
+            rows = matrix.sum(dim=1) if self.dense is matrix else matrix.sum(dim=1).mul_(scale)
             self.summed = rows if self.summed is None else self.summed.add_(rows)
         else:
             self.mass += mass
-        if self.dense is None:
-            self.dense = matrix
-        else:
-            self.dense.add_(matrix)
 
     def add_diagonal(self, weight: Tensor | float, mass: float) -> None:
         """Adds ``weight`` (a scalar or a ``(B,)`` tensor) to the diagonal."""
@@ -569,7 +569,8 @@ class InfoNCELoss(nn.Module):
             assert index is not None and label_emb is not None
             factored = factored_fn(index.labels, label_emb, temperature=temperature)
         else:
-            factored = factored_fn(list(label_texts), text, temperature=temperature)
+            labels = label_texts if type(label_texts) is list else list(label_texts)
+            factored = factored_fn(labels, text, temperature=temperature)
         if factored is None:  # not clustered yet: identity targets
             targets.add_diagonal(weight, weight)
             return
@@ -582,7 +583,7 @@ class InfoNCELoss(nn.Module):
             assert counts is not None
             rows = torch.softmax(logits + counts.log(), dim=1).mul_(weight / counts)
         else:
-            rows = torch.softmax(logits, dim=1).mul_(weight)
+            rows = torch.softmax(logits, dim=1)  # the weight goes in with the matrix
         matrix = rows.index_select(0, clusters)  # one row per label / sample
         if one_hot is not None:  # these rows move to the diagonal
             matrix.masked_fill_(one_hot[:, None], 0.0)
@@ -593,7 +594,7 @@ class InfoNCELoss(nn.Module):
         if per_label:
             targets.add_label_part(matrix, weight)
         else:
-            targets.add_dense(matrix, weight)
+            targets.add_dense(matrix, weight, scale=weight)
 
     def _prototype_targets(
         self,

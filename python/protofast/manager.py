@@ -168,13 +168,22 @@ class PrototypeManager:
         self.is_initialized = False
         self.num_batches = 0
         self._cluster_of_id = np.zeros(0, dtype=np.int64)
+        # _cluster_of_id with a trailing -1: the cluster of any id in one gather
+        self._cluster_table = np.full(1, -1, dtype=np.int64)
         self._pending_sum: Tensor | None = None
-        self._pending_count: Tensor | None = None
+        # per-id sample counts of the pending sums: label occurrences are known on the
+        # host, so counting them there costs the device nothing
+        self._pending_count: np.ndarray | None = None
         self._warned_not_ready = False
         # labels of the last add_labels call and their store ids: the loss usually asks for
         # targets of the very batch that was just added, which then needs no second lookup
         self._last_labels: list[str] | None = None
         self._last_ids: np.ndarray | None = None
+        # (num_updates, device cluster ids, host cluster ids) of the last add_labels batch,
+        # sent with its store ids in one transfer; valid until the next re-clustering
+        self._last_clusters: tuple[int, Tensor, np.ndarray] | None = None
+        # (key, prototypes / temperature in the embeddings' dtype and device)
+        self._scaled: tuple[tuple[Any, ...], Tensor] | None = None
 
     # ------------------------------------------------------------------ ingest
     @property
@@ -207,7 +216,7 @@ class PrototypeManager:
         emb = _check_embeddings(text_embeddings, len(labels)).detach()
         if self.device is None:
             self.device = emb.device
-        self._last_labels = self._last_ids = None
+        self._last_labels = self._last_ids = self._last_clusters = None
         if self._deferred(emb.device):
             ids = self._accumulate(labels, emb)
         else:
@@ -241,36 +250,44 @@ class PrototypeManager:
         # when the sums reach the store at the next re-clustering.
         if emb.device.type == "cpu" and not bool(torch.isfinite(emb).all()):
             raise ProtofastError("embeddings: contains a non-finite value (NaN or inf)")
-        ids = self.store.intern(labels)
+        ids = self.store._inner.intern(labels)  # labels are checked: skip a second check
         n = len(self.store)
         if self._pending_sum is None or self._pending_sum.shape[0] < n:
             cap = max(n, 2 * (0 if self._pending_sum is None else self._pending_sum.shape[0]), 64)
             new_sum = torch.zeros(cap, emb.shape[1], dtype=torch.float32, device=emb.device)
-            new_count = torch.zeros(cap, dtype=torch.float32, device=emb.device)
+            new_count = np.zeros(cap, dtype=np.int64)
             if self._pending_sum is not None:
+                assert self._pending_count is not None
                 old = self._pending_sum.shape[0]
                 new_sum[:old] = self._pending_sum
                 new_count[:old] = self._pending_count
             self._pending_sum, self._pending_count = new_sum, new_count
-        idx = _to_device(ids, emb.device)
-        self._pending_sum.index_add_(0, idx, emb.float())
         assert self._pending_count is not None
-        self._pending_count.index_add_(0, idx, torch.ones_like(idx, dtype=torch.float32))
+        np.add.at(self._pending_count, ids, 1)
+        if self.is_initialized:
+            # the loss will ask for this batch's clusters: send them with the ids
+            clusters = self._host_clusters(ids)
+            packed = _to_device(np.concatenate([ids, clusters]), emb.device)
+            idx = packed[: len(ids)]
+            self._last_clusters = (self.num_updates, packed[len(ids) :], clusters)
+        else:
+            idx = _to_device(ids, emb.device)
+        self._pending_sum.index_add_(0, idx, emb.float())
         return ids
 
     def _flush(self) -> None:
         """Moves device-side sums into the Rust store (synchronises)."""
         if self._pending_sum is None:
             return
+        assert self._pending_count is not None
         n = len(self.store)
-        counts = self._pending_count[:n].cpu().numpy().astype(np.int64)
+        counts = self._pending_count[:n]
         sums = self._pending_sum[:n].cpu().numpy()
         ids = np.flatnonzero(counts)
         if len(ids):
             self.store.add_sums(ids, sums[ids], counts[ids])
         self._pending_sum.zero_()
-        assert self._pending_count is not None
-        self._pending_count.zero_()
+        self._pending_count[:] = 0
 
     # -------------------------------------------------------------- clustering
     def update_prototypes(self) -> bool:
@@ -307,6 +324,7 @@ class PrototypeManager:
         device = self.device if self.device is not None else torch.device("cpu")
         self.prototypes = torch.from_numpy(result.centroids).to(device)
         self._cluster_of_id = result.labels.copy()
+        self._cluster_table = np.append(self._cluster_of_id, -1)
         self.label_to_cluster = dict(zip(labels, result.labels.tolist(), strict=True))
         self.cluster_labels = {c: [] for c in range(self.num_clusters)}
         for label, c in self.label_to_cluster.items():
@@ -336,7 +354,9 @@ class PrototypeManager:
     def _ids(self, labels: list[str]) -> np.ndarray:
         """Store ids of ``labels`` (-1 if never seen), reusing those of the last
         :meth:`add_labels` call when the labels are the same."""
-        if self._last_ids is not None and labels == self._last_labels:
+        if self._last_ids is not None and (
+            labels is self._last_labels or labels == self._last_labels
+        ):
             return self._last_ids
         return self.store.lookup(labels)
 
@@ -348,9 +368,19 @@ class PrototypeManager:
         label was not seen at the last clustering."""
         assert self.prototypes is not None
         ids = self._ids(labels)
-        known = (ids >= 0) & (ids < len(self._cluster_of_id))
-        clusters = np.where(known, self._cluster_of_id[np.where(known, ids, 0)], -1)
-        unseen = ~known
+        cached = self._last_clusters
+        if (
+            cached is not None
+            and ids is self._last_ids
+            and cached[0] == self.num_updates
+            and cached[1].device == emb.device
+        ):
+            unseen = cached[2] < 0
+            if unseen_rule == "nearest" and unseen.any():
+                return torch.where(cached[1] >= 0, cached[1], self._nearest_on_device(emb)), unseen
+            return cached[1], unseen
+        clusters = self._host_clusters(ids)
+        unseen = clusters < 0
         if unseen.any() and unseen_rule == "nearest":
             if emb.device.type == "cpu":
                 protos = self.prototypes.cpu()
@@ -365,6 +395,20 @@ class PrototypeManager:
             nearest = self._nearest_on_device(emb)
             return torch.where(device_clusters >= 0, device_clusters, nearest), unseen
         return _to_device(clusters, emb.device), unseen
+
+    def _host_clusters(self, ids: np.ndarray) -> np.ndarray:
+        """Cluster of each store id at the last clustering; -1 for ids it did not see."""
+        table = self._cluster_table  # ids past the clustering and -1 both land on the -1
+        return table[np.minimum(ids, len(table) - 1)]
+
+    def _scaled_prototypes(self, device: torch.device, dtype: torch.dtype, temperature: float):
+        """``prototypes / temperature`` on ``device`` in ``dtype``, cached until they change."""
+        assert self.prototypes is not None
+        key = (id(self.prototypes), self.num_updates, device, dtype, temperature)
+        if self._scaled is None or self._scaled[0] != key:
+            protos = self.prototypes.to(device, dtype)
+            self._scaled = (key, protos / temperature)
+        return self._scaled[1]
 
     def _nearest_on_device(self, emb: Tensor) -> Tensor:
         """Nearest prototype of each row of ``emb``, computed on its device."""
@@ -399,7 +443,11 @@ class PrototypeManager:
             TypeError: Wrong argument types.
             ValueError: Length or dimension mismatch, or ``temperature <= 0``.
         """
-        labels = _labels(label_texts, "label_texts")
+        last = self._last_labels
+        if last is not None and type(label_texts) is list and label_texts == last:
+            labels = last  # checked by add_labels; _ids then reuses its ids
+        else:
+            labels = _labels(label_texts, "label_texts")
         emb = _check_embeddings(text_embeddings, len(labels)).detach()
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
             raise TypeError(f"temperature: expected a float, got {type(temperature).__name__}")
@@ -415,8 +463,8 @@ class PrototypeManager:
         with torch.no_grad():
             clusters, unseen = self._clusters(labels, emb, self.unseen)
             dtype = torch.promote_types(emb.dtype, torch.float32)
-            protos = self.prototypes.to(emb.device, dtype)
-            logits = (protos @ emb.to(dtype).T) / temperature  # (k, n): k distinct rows
+            scaled = self._scaled_prototypes(emb.device, dtype, temperature)
+            logits = scaled @ emb.to(dtype).T  # (k, n): k distinct rows
             one_hot = None
             if self.unseen == "one_hot" and unseen.any():
                 one_hot = _to_device(unseen, emb.device)
@@ -510,7 +558,7 @@ class PrototypeManager:
         """
         total = int(self.store.counts().sum())
         if self._pending_count is not None:
-            total += int(self._pending_count.sum().item())
+            total += int(self._pending_count.sum())
         return {
             "is_initialized": self.is_initialized,
             "num_unique_labels": len(self.store),
@@ -560,7 +608,10 @@ class PrototypeManager:
         pending = None
         if self._pending_sum is not None:
             assert self._pending_count is not None
-            pending = {"sum": self._pending_sum.cpu(), "count": self._pending_count.cpu()}
+            pending = {
+                "sum": self._pending_sum.cpu(),
+                "count": torch.from_numpy(self._pending_count.copy()),
+            }
         return {
             "version": STATE_VERSION,
             "config": self._config(),
@@ -615,8 +666,9 @@ class PrototypeManager:
         if pending is not None:
             device = self.device if self.device is not None else torch.device("cpu")
             fresh._pending_sum = pending["sum"].to(device)
-            fresh._pending_count = pending["count"].to(device)
+            fresh._pending_count = pending["count"].cpu().numpy().astype(np.int64)
         fresh._cluster_of_id = cluster_of_id
+        fresh._cluster_table = np.append(cluster_of_id, -1)
         seen = labels[: len(cluster_of_id)]
         fresh.label_to_cluster = dict(zip(seen, cluster_of_id.tolist(), strict=True))
         fresh.cluster_labels = (
