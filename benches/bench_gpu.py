@@ -6,33 +6,64 @@ Run on a machine with a CUDA GPU: ``.venv/bin/python benches/bench_gpu.py``. Two
    (``manager.add_labels`` + ``InfoNCELoss`` forward/backward with prototype and hybrid targets)
    must not synchronise: any synchronising call raises, and the script reports it and exits 1.
 2. **Step time.** Median step (CUDA events) of the InfoNCE step with hard, pairwise, prototype and
-   hybrid targets at B = 256 and 1 024, D = 384, 50 labels; ratios to hard and to pairwise. The
-   table names the card. ``--device cpu`` runs part 2 on the CPU (part 1 needs CUDA).
+   hybrid targets at B = 256 and 1 024, D = 384, ``--labels`` distinct labels (default 50), for
+   two models (``--models``): ``linear``, one linear layer per side, so that the loss is most of
+   the step, and ``imu``, the training example's CNN with Adam. The four variants run in
+   lockstep; ratios to hard and to pairwise. The table names the card. ``--device cpu`` runs
+   part 2 on the CPU (part 1 needs CUDA).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import protofast
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import int_list  # noqa: E402
 
 DIM = 384
 LABELS = 50
 VARIANTS = ("hard", "pairwise", "prototype", "hybrid")
 
 
-def make_step(variant: str, batch: int, device: torch.device, seed: int = 0):
-    """One training step closure for ``variant`` plus its manager (or ``None``)."""
+def make_step(
+    variant: str,
+    batch: int,
+    device: torch.device,
+    seed: int = 0,
+    labels: int = LABELS,
+    model: str = "linear",
+):
+    """One training step closure for ``variant`` plus its manager (or ``None``).
+
+    ``model="linear"``: one linear layer per side, so that the loss is most of the step (the
+    worst case for the targets' share). ``model="imu"``: the training example's model, the
+    1-D CNN :class:`protofast.model.IMUEncoder` on 6×128 windows with Adam.
+    """
     g = torch.Generator().manual_seed(seed)
-    names = [f"activity {i}" for i in range(LABELS)]
-    base = torch.randn(LABELS, DIM, generator=g).to(device)
+    torch.manual_seed(seed)
+    names = [f"activity {i}" for i in range(labels)]
+    base = torch.randn(labels, DIM, generator=g).to(device)
     text_proj = torch.nn.Linear(DIM, DIM).to(device)
-    imu_proj = torch.nn.Linear(64, DIM).to(device)
-    opt = torch.optim.SGD([*text_proj.parameters(), *imu_proj.parameters()], lr=1e-3)
+    if model == "imu":
+        from protofast.model import IMUEncoder
+
+        imu_proj: torch.nn.Module = IMUEncoder(embed_dim=DIM).to(device)
+        shape: tuple[int, ...] = (batch, 6, 128)
+        params = [*text_proj.parameters(), *imu_proj.parameters()]
+        opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=1e-3)
+    else:
+        imu_proj = torch.nn.Linear(64, DIM).to(device)
+        shape = (batch, 64)
+        opt = torch.optim.SGD([*text_proj.parameters(), *imu_proj.parameters()], lr=1e-3)
     use_proto = variant in ("prototype", "hybrid")
     manager = protofast.PrototypeManager(num_clusters=5, update_interval=100) if use_proto else None
     loss_fn = protofast.InfoNCELoss(
@@ -42,19 +73,19 @@ def make_step(variant: str, batch: int, device: torch.device, seed: int = 0):
     )
     batches = []
     for _ in range(8):  # a few pre-built batches: data loading is not what is timed
-        idx = torch.randint(LABELS, (batch,), generator=g)
-        labels = [names[i] for i in idx.tolist()]
-        batches.append((labels, idx.to(device), torch.randn(batch, 64, generator=g).to(device)))
+        idx = torch.randint(labels, (batch,), generator=g)
+        x = torch.randn(shape, generator=g).to(device)
+        batches.append(([names[i] for i in idx.tolist()], idx.to(device), x))
     state = {"i": 0}
 
     def step() -> None:
-        labels, idx, x = batches[state["i"] % len(batches)]
+        names_b, idx, x = batches[state["i"] % len(batches)]
         state["i"] += 1
         text = torch.nn.functional.normalize(text_proj(base[idx]), dim=1)
         imu = torch.nn.functional.normalize(imu_proj(x), dim=1)
         if manager is not None:
-            manager.add_labels(labels, text)
-        loss, _ = loss_fn(imu, text, labels, return_metrics=False)
+            manager.add_labels(names_b, text)
+        loss, _ = loss_fn(imu, text, names_b, return_metrics=False)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -84,19 +115,23 @@ def check_no_sync(device: torch.device) -> bool:
     return ok
 
 
-def time_steps(device: torch.device, steps: int, warmup: int) -> list[dict[str, object]]:
-    """Part 2: median step time per variant and batch size."""
+def time_steps(
+    device: torch.device, steps: int, warmup: int, label_counts: list[int], models: list[str]
+) -> list[dict[str, object]]:
+    """Part 2: median step time per variant, batch size and label count.
+
+    The four variants run in lockstep (one step of each per round), so a
+    change of load or clock shifts all of them alike.
+    """
     rows = []
-    for batch in (256, 1024):
-        medians = {}
-        for variant in VARIANTS:
-            step, _ = make_step(variant, batch, device)
-            for _ in range(warmup):
-                step()
-            times = []
-            for i in range(steps):
-                if (warmup + i + 1) % 100 == 0:
-                    step()  # re-clustering step: reported elsewhere, not in the median
+    configs = [(m, n, b) for m in models for n in label_counts for b in (256, 1024)]
+    for model, labels, batch in configs:
+        runs = {v: make_step(v, batch, device, labels=labels, model=model)[0] for v in VARIANTS}
+        times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        for i in range(warmup + steps):
+            for variant, step in runs.items():
+                if (i + 1) % 100 == 0:
+                    step()  # re-clustering step: not in the median
                     continue
                 if device.type == "cuda":
                     start, end = torch.cuda.Event(True), torch.cuda.Event(True)
@@ -104,15 +139,19 @@ def time_steps(device: torch.device, steps: int, warmup: int) -> list[dict[str, 
                     step()
                     end.record()
                     end.synchronize()
-                    times.append(start.elapsed_time(end) / 1000)
+                    elapsed = start.elapsed_time(end) / 1000
                 else:
                     t = time.perf_counter()
                     step()
-                    times.append(time.perf_counter() - t)
-            medians[variant] = statistics.median(times)
+                    elapsed = time.perf_counter() - t
+                if i >= warmup:
+                    times[variant].append(elapsed)
+        medians = {v: statistics.median(t) for v, t in times.items()}
         for variant in VARIANTS:
             rows.append(
                 {
+                    "model": model,
+                    "labels": labels,
                     "batch": batch,
                     "variant": variant,
                     "median_ms": medians[variant] * 1000,
@@ -129,6 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument(
+        "--labels", type=int_list, default=[LABELS], help="distinct labels, e.g. 50,1000"
+    )
+    parser.add_argument(
+        "--models",
+        default="linear,imu",
+        help="comma list: linear (the loss is most of the step), imu (the example's CNN)",
+    )
+    parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -140,14 +188,20 @@ def main(argv: list[str] | None = None) -> int:
         f"{protofast.__version__})\n"
     )
     ok = check_no_sync(device) if device.type == "cuda" else True
-    rows = time_steps(device, args.steps, args.warmup)
-    print("\n| B | targets | median step (ms) | × hard | × pairwise |")
-    print("|---|---|---|---|---|")
+    models = [m for m in args.models.split(",") if m]
+    rows = time_steps(device, args.steps, args.warmup, args.labels, models)
+    print("\n| model | labels | B | targets | median step (ms) | × hard | × pairwise |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['batch']} | {r['variant']} | {r['median_ms']:.3f} | {r['x_hard']:.3f} | "
-            f"{r['x_pairwise']:.3f} |"
+            f"| {r['model']} | {r['labels']} | {r['batch']} | {r['variant']} | "
+            f"{r['median_ms']:.3f} | "
+            f"{r['x_hard']:.3f} | {r['x_pairwise']:.3f} |"
         )
+    if args.json:
+        meta = {"card": card, "torch": torch.__version__, "protofast": protofast.__version__}
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "no_sync_ok": ok, "rows": rows}, f, indent=1)
     return 0 if ok else 1
 
 
