@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import protofast
 import torch
@@ -32,6 +33,7 @@ from common import int_list  # noqa: E402
 DIM = 384
 LABELS = 50
 VARIANTS = ("hard", "pairwise", "prototype", "hybrid")
+NOTE = "note hybrid"  # the design note's manager and loss (benches/baseline_manager.py)
 
 
 def make_step(
@@ -64,13 +66,25 @@ def make_step(
         imu_proj = torch.nn.Linear(64, DIM).to(device)
         shape = (batch, 64)
         opt = torch.optim.SGD([*text_proj.parameters(), *imu_proj.parameters()], lr=1e-3)
-    use_proto = variant in ("prototype", "hybrid")
-    manager = protofast.PrototypeManager(num_clusters=5, update_interval=100) if use_proto else None
-    loss_fn = protofast.InfoNCELoss(
-        use_soft_targets=variant in ("pairwise", "hybrid"),
-        use_prototypes=use_proto,
-        prototype_manager=manager,
-    )
+    use_proto = variant in ("prototype", "hybrid", NOTE)
+    if variant == NOTE:  # the design note's plain-Python system, written in benches/
+        import baseline_manager
+
+        manager: Any = baseline_manager.PrototypeManager(
+            num_clusters=5, update_interval=100, device=device
+        )
+        loss_fn: Any = baseline_manager.InfoNCELoss(
+            use_soft_targets=True, use_prototypes=True, prototype_manager=manager
+        )
+    else:
+        manager = (
+            protofast.PrototypeManager(num_clusters=5, update_interval=100) if use_proto else None
+        )
+        loss_fn = protofast.InfoNCELoss(
+            use_soft_targets=variant in ("pairwise", "hybrid"),
+            use_prototypes=use_proto,
+            prototype_manager=manager,
+        )
     batches = []
     for _ in range(8):  # a few pre-built batches: data loading is not what is timed
         idx = torch.randint(labels, (batch,), generator=g)
@@ -116,20 +130,35 @@ def check_no_sync(device: torch.device) -> bool:
 
 
 def time_steps(
-    device: torch.device, steps: int, warmup: int, label_counts: list[int], models: list[str]
+    device: torch.device,
+    steps: int,
+    warmup: int,
+    label_counts: list[int],
+    models: list[str],
+    note_steps: int = 0,
 ) -> list[dict[str, object]]:
     """Part 2: median step time per variant, batch size and label count.
 
-    The four variants run in lockstep (one step of each per round), so a
-    change of load or clock shifts all of them alike.
+    Every variant first runs 100 steps, so that its manager has clustered once (before that
+    the prototype targets are the identity, and cheaper). The variants then run in lockstep
+    (one step of each per round), so a change of load or clock shifts all of them alike.
+    With ``note_steps > 0`` the note's hybrid system joins the first ``note_steps`` timed
+    rounds, for the linear model and the first label count (its per-sample loop is slow).
     """
     rows = []
     configs = [(m, n, b) for m in models for n in label_counts for b in (256, 1024)]
     for model, labels, batch in configs:
-        runs = {v: make_step(v, batch, device, labels=labels, model=model)[0] for v in VARIANTS}
-        times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        with_note = note_steps > 0 and model == "linear" and labels == label_counts[0]
+        variants = VARIANTS + ((NOTE,) if with_note else ())
+        runs = {v: make_step(v, batch, device, labels=labels, model=model)[0] for v in variants}
+        for step in runs.values():
+            for _ in range(100):  # the 100th call clusters
+                step()
+        times: dict[str, list[float]] = {v: [] for v in variants}
         for i in range(warmup + steps):
             for variant, step in runs.items():
+                if variant == NOTE and i >= warmup + note_steps:
+                    continue
                 if (i + 1) % 100 == 0:
                     step()  # re-clustering step: not in the median
                     continue
@@ -147,13 +176,14 @@ def time_steps(
                 if i >= warmup:
                     times[variant].append(elapsed)
         medians = {v: statistics.median(t) for v, t in times.items()}
-        for variant in VARIANTS:
+        for variant in variants:
             rows.append(
                 {
                     "model": model,
                     "labels": labels,
                     "batch": batch,
                     "variant": variant,
+                    "steps": len(times[variant]),
                     "median_ms": medians[variant] * 1000,
                     "x_hard": medians[variant] / medians["hard"],
                     "x_pairwise": medians[variant] / medians["pairwise"],
@@ -176,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
         default="linear,imu",
         help="comma list: linear (the loss is most of the step), imu (the example's CNN)",
     )
+    parser.add_argument(
+        "--note-steps",
+        type=int,
+        default=30,
+        help="timed steps of the note's hybrid system (linear model, first label count); 0: off",
+    )
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -189,14 +225,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ok = check_no_sync(device) if device.type == "cuda" else True
     models = [m for m in args.models.split(",") if m]
-    rows = time_steps(device, args.steps, args.warmup, args.labels, models)
-    print("\n| model | labels | B | targets | median step (ms) | × hard | × pairwise |")
-    print("|---|---|---|---|---|---|---|")
+    rows = time_steps(device, args.steps, args.warmup, args.labels, models, args.note_steps)
+    print("\n| model | labels | B | targets | median step (ms) | steps | × hard | × pairwise |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['model']} | {r['labels']} | {r['batch']} | {r['variant']} | "
-            f"{r['median_ms']:.3f} | "
-            f"{r['x_hard']:.3f} | {r['x_pairwise']:.3f} |"
+            f"{r['median_ms']:.3f} | {r['steps']} | {r['x_hard']:.3f} | {r['x_pairwise']:.3f} |"
         )
     if args.json:
         meta = {"card": card, "torch": torch.__version__, "protofast": protofast.__version__}
