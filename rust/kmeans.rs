@@ -97,6 +97,18 @@ pub struct KMeansResult {
 ///
 /// Parallel in the current rayon pool; see the module docs for determinism.
 pub fn kmeans(x: &[f32], n: usize, d: usize, params: &KMeansParams) -> Result<KMeansResult> {
+    let side_by_side = parallel_restarts(n, d, params.k, params.n_init);
+    kmeans_with(x, n, d, params, side_by_side)
+}
+
+/// [`kmeans`], with its restarts side by side or not (same results).
+fn kmeans_with(
+    x: &[f32],
+    n: usize,
+    d: usize,
+    params: &KMeansParams,
+    side_by_side: bool,
+) -> Result<KMeansResult> {
     let k = params.k;
     check_points(x, n, d, k, params.n_local_trials)?;
     if params.n_init == 0 {
@@ -144,9 +156,10 @@ pub fn kmeans(x: &[f32], n: usize, d: usize, params: &KMeansParams) -> Result<KM
     // Bounds pay only when a step is long enough to amortise their
     // bookkeeping (same results either way).
     let bounded = n.saturating_mul(d).saturating_mul(k) >= BOUNDED_MIN_WORK;
-    let mut best: Option<KMeansResult> = None;
-    for _ in 0..runs {
-        let init = match (&params.init, &given) {
+    // The seeds of every restart first, in order: they alone draw from `rng`,
+    // so the restarts' Lloyd runs are independent of each other.
+    let inits: Vec<Vec<f32>> = (0..runs)
+        .map(|_| match (&params.init, &given) {
             (_, Some(c)) => c.clone(),
             (Init::Random, _) => random_init(x, n, d, k, &mut rng),
             _ => gather_rows(
@@ -154,8 +167,10 @@ pub fn kmeans(x: &[f32], n: usize, d: usize, params: &KMeansParams) -> Result<KM
                 d,
                 &kmeans_plus_plus(x, &x_norms, n, d, k, params.n_local_trials, &mut rng, true),
             ),
-        };
-        let run = lloyd(
+        })
+        .collect();
+    let run = |init: Vec<f32>| {
+        lloyd(
             x,
             &x_norms,
             n,
@@ -165,12 +180,27 @@ pub fn kmeans(x: &[f32], n: usize, d: usize, params: &KMeansParams) -> Result<KM
             tol,
             params.spherical,
             bounded,
-        );
-        if best.as_ref().is_none_or(|b| run.inertia < b.inertia) {
-            best = Some(run);
-        }
-    }
-    best.ok_or_else(|| Error::invalid("n_init", "must be at least 1"))
+        )
+    };
+    // Small problems run their restarts side by side (a step is too short to
+    // split well); large ones one after the other, each step parallel, so that
+    // only one restart's buffers are alive at a time. Same results either way.
+    let runs: Vec<KMeansResult> = if side_by_side && runs > 1 {
+        inits.into_par_iter().map(run).collect()
+    } else {
+        inits.into_iter().map(run).collect()
+    };
+    // the first restart of least inertia, as when they ran one by one
+    runs.into_iter()
+        .reduce(|best, r| if r.inertia < best.inertia { r } else { best })
+        .ok_or_else(|| Error::invalid("n_init", "must be at least 1"))
+}
+
+/// Whether [`kmeans`] runs its `runs` restarts in parallel: several, on a
+/// problem whose steps are too small to split (n·d·k below
+/// [`crate::parallel::SERIAL_WORK`]).
+pub fn parallel_restarts(n: usize, d: usize, k: usize, runs: usize) -> bool {
+    runs > 1 && n.saturating_mul(d).saturating_mul(k) < crate::parallel::SERIAL_WORK
 }
 
 /// The checks shared by [`kmeans`] and [`kmeans_plusplus`] (finiteness
@@ -1398,6 +1428,38 @@ mod tests {
             a.centroids.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
             b.centroids.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn restarts_side_by_side_give_the_sequential_result() {
+        // uniform points: restarts end in different local optima, so the pick matters
+        let mut rng = Rng::new(5);
+        let (n, d) = (300, 3);
+        let x: Vec<f32> = (0..n * d).map(|_| rng.next_f64() as f32).collect();
+        let mut inertias = Vec::new();
+        for (seed, runs) in [(3, 2), (8, 5), (21, 10)] {
+            let mut p = KMeansParams::new(9);
+            p.n_init = runs;
+            p.seed = seed;
+            let seq = in_pool(2, || kmeans_with(&x, n, d, &p, false).unwrap());
+            let par = in_pool(2, || kmeans_with(&x, n, d, &p, true).unwrap());
+            inertias.push(seq.inertia);
+            assert_eq!(seq, par);
+            assert_eq!(
+                seq.centroids
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<_>>(),
+                par.centroids
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<_>>()
+            );
+        }
+        assert!(inertias[0] != inertias[1] && inertias[1] != inertias[2]);
+        assert!(parallel_restarts(50, 384, 5, 10));
+        assert!(!parallel_restarts(50, 384, 5, 1));
+        assert!(!parallel_restarts(100_000, 384, 256, 10));
     }
 
     #[test]

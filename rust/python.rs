@@ -111,7 +111,12 @@ fn kmeans_raw<'py>(
         spherical,
         n_local_trials,
     };
-    let work = n.saturating_mul(d).saturating_mul(k);
+    // restarts side by side need the whole pool, however small each step is
+    let work = if kmeans::parallel_restarts(n, d, k, n_init) {
+        parallel::SERIAL_WORK
+    } else {
+        n.saturating_mul(d).saturating_mul(k)
+    };
     let r = py.detach(|| parallel::install_for(work, || kmeans(&data, n, d, &params)))??;
     let centroids = to_matrix(py, r.centroids, k, d);
     let labels = ids_to_py(py, r.labels);
