@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod kmeans;
+pub mod labels;
 pub mod linalg;
 pub mod lookup;
 pub mod parallel;

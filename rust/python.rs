@@ -2,7 +2,10 @@
 //! outputs. No logic lives here.
 
 use numpy::ndarray::Array2;
-use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2};
+use numpy::{
+    IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
+    PyUntypedArrayMethods,
+};
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -15,7 +18,7 @@ use crate::error::Error;
 use crate::kmeans::{Init, KMeansParams};
 use crate::lookup::LookupMetric;
 use crate::store::{LabelStore, StoreState};
-use crate::{kmeans, kmeans_plusplus, nearest_prototype, parallel};
+use crate::{kmeans, kmeans_plusplus, labels, nearest_prototype, parallel};
 
 create_exception!(
     protofast,
@@ -35,9 +38,10 @@ impl From<Error> for PyErr {
 /// C-contiguous) with its shape.
 fn matrix<'a>(a: &'a PyReadonlyArray2<'_, f32>) -> (Cow<'a, [f32]>, usize, usize) {
     let (rows, cols) = a.as_array().dim();
-    match a.as_slice() {
-        Ok(s) => (Cow::Borrowed(s), rows, cols),
-        Err(_) => (
+    // `as_slice` also accepts Fortran order, whose slice is not row-major
+    match a.as_slice().ok().filter(|_| a.is_c_contiguous()) {
+        Some(s) => (Cow::Borrowed(s), rows, cols),
+        None => (
             Cow::Owned(a.as_array().iter().copied().collect()),
             rows,
             cols,
@@ -175,6 +179,60 @@ fn nearest_prototype_raw<'py>(
         })
     })??;
     Ok((ids_to_py(py, ids), scores.into_pyarray(py)))
+}
+
+/// `(first, inverse, counts)` of [`group_labels_raw`].
+type Grouping<'py> = (
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+);
+
+/// The first position, number and count of each distinct label of a batch;
+/// see `protofast.targets.index_label_arrays`. Small work: the GIL is kept.
+#[pyfunction]
+fn group_labels_raw<'py>(py: Python<'py>, labels: Vec<PyBackedStr>) -> Grouping<'py> {
+    let g = labels::group(&labels);
+    (
+        g.first.into_pyarray(py),
+        g.inverse.into_pyarray(py),
+        g.counts.into_pyarray(py),
+    )
+}
+
+/// Whether each row of the C-contiguous float32 or float64 matrix `rows`
+/// equals the row of its label's first sample; `None` for another dtype or
+/// layout (the caller then checks another way). Small work: the GIL is kept.
+#[pyfunction]
+fn rows_match_raw(
+    rows: &Bound<'_, PyAny>,
+    first: PyReadonlyArray1<'_, i64>,
+    inverse: PyReadonlyArray1<'_, i64>,
+) -> PyResult<Option<bool>> {
+    let (first, inverse) = (vector(&first), vector(&inverse));
+    let (first, inverse) = (&*first, &*inverse);
+    if let Ok(a) = rows.cast::<PyArray2<f32>>() {
+        return rows_match_of(a, first, inverse);
+    }
+    if let Ok(a) = rows.cast::<PyArray2<f64>>() {
+        return rows_match_of(a, first, inverse);
+    }
+    Ok(None)
+}
+
+/// [`rows_match_raw`] for one dtype.
+fn rows_match_of<T: numpy::Element + Copy + PartialEq>(
+    rows: &Bound<'_, PyArray2<T>>,
+    first: &[i64],
+    inverse: &[i64],
+) -> PyResult<Option<bool>> {
+    let a = rows.readonly();
+    let d = a.as_array().ncols();
+    // `as_slice` also accepts Fortran order, whose slice is not row-major
+    Ok(match a.as_slice().ok().filter(|_| a.is_c_contiguous()) {
+        Some(r) => Some(labels::rows_match(r, d, first, inverse)?),
+        None => None,
+    })
 }
 
 /// Sets the number of threads of protofast's pool (≥ 1).
@@ -384,6 +442,8 @@ fn _protofast(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kmeans_raw, m)?)?;
     m.add_function(wrap_pyfunction!(kmeans_plusplus_raw, m)?)?;
     m.add_function(wrap_pyfunction!(nearest_prototype_raw, m)?)?;
+    m.add_function(wrap_pyfunction!(group_labels_raw, m)?)?;
+    m.add_function(wrap_pyfunction!(rows_match_raw, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     Ok(())

@@ -78,3 +78,19 @@ def test_first_bad_row_is_reported(k: int) -> None:
     queries[500] = 0.0
     with pytest.raises(ProtofastError, match="queries: row 500 has zero norm"):
         nearest_prototype(queries, np.ones((k, 8)), metric="cosine")
+
+
+def test_raw_binding_reads_fortran_order_as_rows() -> None:
+    from protofast import _protofast
+
+    rng = np.random.default_rng(4)
+    q = rng.standard_normal((40, 6)).astype(np.float32)
+    c = rng.standard_normal((5, 6)).astype(np.float32)
+    ids, scores = _protofast.nearest_prototype_raw(q, c, "l2")
+    f_ids, f_scores = _protofast.nearest_prototype_raw(np.asfortranarray(q), c, "l2")
+    assert np.array_equal(ids, f_ids) and np.array_equal(scores, f_scores)
+    # the row check must not read a Fortran-ordered matrix as rows either
+    first, inverse, _ = _protofast.group_labels_raw(["a", "b", "a"])
+    rows = np.asfortranarray(np.array([[1.0, 2.0], [3.0, 4.0], [1.0, 2.0]], np.float32))
+    assert _protofast.rows_match_raw(rows, first, inverse) is None
+    assert _protofast.rows_match_raw(np.ascontiguousarray(rows), first, inverse) is True

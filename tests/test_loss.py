@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -339,6 +340,39 @@ def test_index_labels() -> None:
         index_labels("walking")
     with pytest.raises(TypeError, match=r"label_texts\[1\]"):
         index_labels(["a", 3])  # type: ignore[list-item]
+
+
+@SETTINGS
+@given(labels=st.lists(st.text(max_size=4), max_size=40))
+def test_compiled_label_grouping_equals_python(labels: list[str]) -> None:
+    from protofast.targets import _index_checked_labels, _index_labels_python
+
+    got, want = _index_checked_labels(labels), _index_labels_python(labels)
+    assert got[0] == want[0]
+    for a, b in zip(got[1:], want[1:], strict=True):
+        assert a.dtype == np.int64 and np.array_equal(a, b)
+
+
+def test_label_grouping_falls_back_for_labels_not_utf8() -> None:
+    labels = ["a", "\ud800", "a", "\ud800"]  # a lone surrogate has no UTF-8 form
+    index = index_labels(labels)
+    assert index.labels == ["a", "\ud800"] and index.inverse == [0, 1, 0, 1]
+
+
+def test_dedup_check_handles_layouts_and_nan() -> None:
+    labels = ["a", "b", "a", "b"]
+    rows = torch.tensor([[1.0, 2.0], [3.0, 4.0], [1.0, 2.0], [3.0, 4.0]])
+    loss_fn = _SpyLoss(soft_target_temperature=0.5)
+    imu = torch.randn(4, 2)
+    for text, expected in (
+        (rows, True),
+        (rows.T.contiguous().T, True),  # not C-contiguous: checked by numpy instead
+        (torch.where(torch.arange(4)[:, None] == 3, rows + 1e-3, rows), False),
+        (torch.where(torch.arange(4)[:, None] == 1, torch.nan, rows), False),
+    ):
+        loss_fn.decisions.clear()
+        loss_fn(imu, text, labels)
+        assert loss_fn.decisions == [expected]
 
 
 def test_hard_targets() -> None:

@@ -9,9 +9,11 @@ __all__ = [
     "LabelStore",
     "ProtofastError",
     "get_num_threads",
+    "group_labels_raw",
     "kmeans_raw",
     "kmeans_plusplus_raw",
     "nearest_prototype_raw",
+    "rows_match_raw",
     "set_num_threads",
     "__version__",
 ]
@@ -40,6 +42,14 @@ def kmeans_plusplus_raw(
 def nearest_prototype_raw(
     queries: npt.NDArray[np.float32], centroids: npt.NDArray[np.float32], metric: str
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
+def group_labels_raw(
+    labels: list[str],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
+def rows_match_raw(
+    rows: npt.NDArray[np.float32] | npt.NDArray[np.float64],
+    first: npt.NDArray[np.int64],
+    inverse: npt.NDArray[np.int64],
+) -> bool | None: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
 

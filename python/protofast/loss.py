@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._protofast import rows_match_raw
 from .targets import (
     _check_temperature,
     _check_weight,
@@ -441,10 +442,13 @@ class InfoNCELoss(nn.Module):
         """
         if text.device.type != "cpu" or len(index.labels) == text.shape[0]:
             return False
-        # numpy's comparison is several times faster than torch.equal on the CPU; text is
-        # float32/float64 here (upcast before targets are built), so .numpy() is safe
+        # text is float32/float64 here (upcast before targets are built), so .numpy() is
+        # safe; the compiled check reads each row once and stops at the first difference
         rows = text.numpy()
-        return bool(np.array_equal(rows[index.first[index.inverse]], rows))
+        same = rows_match_raw(rows, index.first, index.inverse)
+        if same is None:  # not C-contiguous
+            same = bool(np.array_equal(rows[index.first[index.inverse]], rows))
+        return same
 
     def _target_weights(self) -> tuple[float, float, float]:
         """``(hard, pairwise, prototype)`` weights of the blend (zero for unused parts)."""

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._protofast import group_labels_raw
+
 __all__ = [
     "LabelIndex",
     "index_labels",
@@ -98,7 +100,23 @@ def check_label_types(label_texts: Sequence[str]) -> None:
 def _index_checked_labels(
     label_texts: Sequence[str],
 ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`index_label_arrays` for labels already checked by :func:`check_label_types`."""
+    """:func:`index_label_arrays` for labels already checked by :func:`check_label_types`.
+
+    Grouped by the compiled core (one hash per label); labels it cannot take as UTF-8
+    (lone surrogates) are grouped in Python, with the same result.
+    """
+    texts = label_texts if type(label_texts) is list else list(label_texts)
+    try:
+        first, inverse, counts = group_labels_raw(texts)
+    except (TypeError, UnicodeError):
+        return _index_labels_python(texts)
+    return [texts[i] for i in first.tolist()], inverse, counts, first
+
+
+def _index_labels_python(
+    label_texts: Sequence[str],
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_index_checked_labels` in Python (a dict of first appearances)."""
     position: dict[str, int] = {}
     # ids in order of first appearance; setdefault runs in C, only the comprehension in Python
     inverse = np.fromiter(
