@@ -224,6 +224,7 @@ def test_deferred_ingest_matches_direct() -> None:
         a.unseen = b.unseen = mode
         expected = a.get_prototype_targets(labels, emb)
         torch.testing.assert_close(b.get_prototype_targets(labels, emb), expected)
+        assert b._last_clusters is not None and b._last_clusters[2][3] == -1  # cache intact
         b._last_clusters = None  # the lookup without the cached clusters agrees too
         torch.testing.assert_close(b.get_prototype_targets(labels, emb), expected)
         b.add_labels(labels, emb)
@@ -356,10 +357,11 @@ def test_half_precision_embeddings() -> None:
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-def _cuda_training_steps(manager: PrototypeManager, steps: int, seed: int, hybrid: bool):
-    """``steps`` training steps on CUDA: ``add_labels`` then an InfoNCE forward/backward.
+def _cuda_step_inputs(manager: PrototypeManager, steps: int, seed: int, hybrid: bool):
+    """The inputs of ``steps`` training steps on CUDA, and the loss that uses ``manager``.
 
-    The inputs are put on the device first (a copy from pageable host memory synchronises).
+    They are put on the device here, before any step (a copy from pageable host memory
+    synchronises).
     """
     from protofast import InfoNCELoss
 
@@ -377,6 +379,7 @@ def _cuda_training_steps(manager: PrototypeManager, steps: int, seed: int, hybri
 
 
 def _run_steps(manager: PrototypeManager, inputs, loss_fn) -> list[torch.Tensor]:
+    """One training step per input: ``add_labels``, then the loss forward and backward."""
     losses = []
     for labels, text, imu in inputs:
         manager.add_labels(labels, text)
@@ -390,9 +393,9 @@ def _run_steps(manager: PrototypeManager, inputs, loss_fn) -> list[torch.Tensor]
 @pytest.mark.parametrize("hybrid", [False, True])
 def test_cuda_steps_between_reclusterings_never_synchronise(hybrid: bool) -> None:
     m = PrototypeManager(num_clusters=3, update_interval=10, min_samples_per_cluster=2)
-    _run_steps(m, *_cuda_training_steps(m, 10, seed=0, hybrid=hybrid))  # the 10th re-clusters
+    _run_steps(m, *_cuda_step_inputs(m, 10, seed=0, hybrid=hybrid))  # the 10th re-clusters
     assert m.is_initialized and m.prototypes is not None and m.prototypes.is_cuda
-    inputs, loss_fn = _cuda_training_steps(m, 9, seed=1, hybrid=hybrid)  # none re-clusters
+    inputs, loss_fn = _cuda_step_inputs(m, 9, seed=1, hybrid=hybrid)  # none re-clusters
     inputs[-1][0][0] = "a label never seen"  # an unseen label takes its nearest prototype
     torch.cuda.set_sync_debug_mode("error")
     try:

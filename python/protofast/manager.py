@@ -167,8 +167,8 @@ class PrototypeManager:
         self.num_labels_seen = 0
         self.is_initialized = False
         self.num_batches = 0
-        self._cluster_of_id = np.zeros(0, dtype=np.int64)
-        # _cluster_of_id with a trailing -1: the cluster of any id in one gather
+        # the cluster of each store id at the last clustering, then a trailing -1:
+        # the cluster of any id (-1 for ids the clustering did not see) in one gather
         self._cluster_table = np.full(1, -1, dtype=np.int64)
         self._pending_sum: Tensor | None = None
         # per-id sample counts of the pending sums: label occurrences are known on the
@@ -323,8 +323,7 @@ class PrototypeManager:
         )
         device = self.device if self.device is not None else torch.device("cpu")
         self.prototypes = torch.from_numpy(result.centroids).to(device)
-        self._cluster_of_id = result.labels.copy()
-        self._cluster_table = np.append(self._cluster_of_id, -1)
+        self._cluster_table = np.append(result.labels, -1)
         self.label_to_cluster = dict(zip(labels, result.labels.tolist(), strict=True))
         self.cluster_labels = {c: [] for c in range(self.num_clusters)}
         for label, c in self.label_to_cluster.items():
@@ -369,32 +368,34 @@ class PrototypeManager:
         assert self.prototypes is not None
         ids = self._ids(labels)
         cached = self._last_clusters
+        device_clusters: Tensor | None = None
         if (
             cached is not None
             and ids is self._last_ids
             and cached[0] == self.num_updates
             and cached[1].device == emb.device
-        ):
-            unseen = cached[2] < 0
-            if unseen_rule == "nearest" and unseen.any():
-                return torch.where(cached[1] >= 0, cached[1], self._nearest_on_device(emb)), unseen
-            return cached[1], unseen
-        clusters = self._host_clusters(ids)
+        ):  # sent with the ids by add_labels
+            device_clusters, clusters = cached[1], cached[2]
+        else:
+            clusters = self._host_clusters(ids)
         unseen = clusters < 0
         if unseen.any() and unseen_rule == "nearest":
             if emb.device.type == "cpu":
-                protos = self.prototypes.cpu()
                 found, _ = nearest_prototype(
                     emb[torch.from_numpy(np.flatnonzero(unseen))],
-                    protos,
+                    self.prototypes.cpu(),
                     metric="cosine" if self.spherical else "l2",
                 )
+                clusters = clusters.copy()  # may be the cached array
                 clusters[unseen] = found
                 return _to_device(clusters, emb.device), unseen
-            device_clusters = _to_device(clusters, emb.device)
+            if device_clusters is None:
+                device_clusters = _to_device(clusters, emb.device)
             nearest = self._nearest_on_device(emb)
             return torch.where(device_clusters >= 0, device_clusters, nearest), unseen
-        return _to_device(clusters, emb.device), unseen
+        if device_clusters is None:
+            device_clusters = _to_device(clusters, emb.device)
+        return device_clusters, unseen
 
     def _host_clusters(self, ids: np.ndarray) -> np.ndarray:
         """Cluster of each store id at the last clustering; -1 for ids it did not see."""
@@ -625,7 +626,7 @@ class PrototypeManager:
             },
             "pending": pending,
             "prototypes": None if self.prototypes is None else self.prototypes.detach().cpu(),
-            "cluster_of_id": torch.from_numpy(self._cluster_of_id.copy()),
+            "cluster_of_id": torch.from_numpy(self._cluster_table[:-1].copy()),
             "counters": {
                 "num_batches": self.num_batches,
                 "num_updates": self.num_updates,
@@ -667,7 +668,6 @@ class PrototypeManager:
             device = self.device if self.device is not None else torch.device("cpu")
             fresh._pending_sum = pending["sum"].to(device)
             fresh._pending_count = pending["count"].cpu().numpy().astype(np.int64)
-        fresh._cluster_of_id = cluster_of_id
         fresh._cluster_table = np.append(cluster_of_id, -1)
         seen = labels[: len(cluster_of_id)]
         fresh.label_to_cluster = dict(zip(seen, cluster_of_id.tolist(), strict=True))
