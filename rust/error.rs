@@ -45,7 +45,7 @@ impl Error {
 /// Checks that `data` holds only finite values; reports the first bad row.
 pub fn check_finite(arg: &'static str, data: &[f32], cols: usize) -> Result<()> {
     // A branch-free pass (vectorised) first; the position only on failure.
-    if data.iter().fold(true, |ok, v| ok & v.is_finite()) {
+    if crate::simd::all_finite(data) {
         return Ok(());
     }
     if let Some(pos) = data.iter().position(|v| !v.is_finite()) {

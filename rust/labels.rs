@@ -44,7 +44,7 @@ pub fn group<S: AsRef<str>>(labels: &[S]) -> Grouping {
 /// Whether every row of the row-major `rows` (rows of `d` values) equals,
 /// element by element (`==`, so `-0.0 == 0.0` and a NaN matches nothing, not
 /// even itself), the row `first[inverse[i]]` of its label. Stops comparing at
-/// the first difference.
+/// the first row that differs.
 ///
 /// # Errors
 /// [`Error`] if `rows` is not a whole number of rows, `inverse` does not have
@@ -71,10 +71,17 @@ pub fn rows_match<T: Copy + PartialEq>(
             .filter(|&f| f < n)
             .ok_or_else(|| Error::invalid("inverse", format!("entry {i} is out of range")))?;
         if ok {
-            ok = rows[i * d..(i + 1) * d] == rows[f * d..(f + 1) * d];
+            ok = equal(&rows[i * d..(i + 1) * d], &rows[f * d..(f + 1) * d]);
         }
     }
     Ok(ok)
+}
+
+/// `a == b` element by element, without stopping inside the slices: a
+/// branch-free fold compiles to vector compares, where slice `==` on floats
+/// compares one element at a time.
+fn equal<T: Copy + PartialEq>(a: &[T], b: &[T]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(true, |ok, (x, y)| ok & (x == y))
 }
 
 #[cfg(test)]
@@ -108,6 +115,24 @@ mod tests {
         // a NaN row does not even match itself (as numpy's array_equal)
         let g2 = group(&["a", "b"]);
         assert!(!rows_match(&[1.0f32, f32::NAN], 1, &g2.first, &g2.inverse).unwrap());
+    }
+
+    #[test]
+    fn rows_match_sees_a_difference_anywhere_in_a_long_row() {
+        let d = 41;
+        let g = group(&["a", "b", "a"]);
+        let mut rows: Vec<f64> = (0..3 * d).map(|v| (v % d) as f64).collect();
+        assert!(rows_match(&rows, d, &g.first, &g.inverse).unwrap());
+        for t in [0, 16, d - 1] {
+            let mut differ = rows.clone();
+            differ[2 * d + t] += 1e-9;
+            assert!(
+                !rows_match(&differ, d, &g.first, &g.inverse).unwrap(),
+                "t={t}"
+            );
+        }
+        rows[d + 20] = f64::NAN; // label "b" has one row: NaN fails even there
+        assert!(!rows_match(&rows, d, &g.first, &g.inverse).unwrap());
     }
 
     #[test]

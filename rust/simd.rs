@@ -117,6 +117,24 @@ multiversion! {
 }
 
 multiversion! {
+    /// `out[t] = (out[t] as f64 + acc[t]) as f32`: a running f32 sum gains
+    /// an f64 partial sum with one rounding.
+    pub fn add_into_f32(out: &mut [f32], acc: &[f64]) {
+        for (o, &a) in out.iter_mut().zip(acc) {
+            *o = (*o as f64 + a) as f32;
+        }
+    }
+}
+
+multiversion! {
+    /// Whether no value of `data` is a NaN or an infinity (one branch-free
+    /// pass).
+    pub fn all_finite(data: &[f32]) -> bool {
+        data.iter().fold(true, |ok, v| ok & v.is_finite())
+    }
+}
+
+multiversion! {
     /// Over `v_j = c_norms[j] − 2·dots[j]`: the index of the smallest (the
     /// lowest index among equals), the smallest and the second smallest
     /// (equal to the smallest when it occurs twice; +∞ when there is one
@@ -333,5 +351,35 @@ mod tests {
             let want: f64 = [4, 0, 2].iter().map(|&i| x[i * 3 + t] as f64).sum();
             assert_eq!(a, want);
         }
+    }
+
+    #[test]
+    fn all_finite_finds_any_nan_or_infinity() {
+        for n in [0usize, 1, 15, 16, 17, 100] {
+            let clean: Vec<f32> = (0..n).map(|v| v as f32 - 7.5).collect();
+            assert!(all_finite(&clean), "n={n}");
+            for pos in [0, n / 2, n.saturating_sub(1)]
+                .into_iter()
+                .filter(|&p| p < n)
+            {
+                for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                    let mut v = clean.clone();
+                    v[pos] = bad;
+                    assert!(!all_finite(&v), "n={n} pos={pos} bad={bad}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn add_into_f32_rounds_once() {
+        // 1 + 2^-24 + 2^-24 is 1 in two f32 steps (ties to even), 1 + 2^-23 in one
+        let half_ulp = 2f64.powi(-24);
+        let mut out = vec![1.0f32; 19];
+        add_into_f32(&mut out, &[2.0 * half_ulp; 19]);
+        assert!(out.iter().all(|&o| o == 1.0 + f32::EPSILON));
+        let mut out = vec![f32::MAX, -3.0];
+        add_into_f32(&mut out, &[f64::from(f32::MAX), 0.5]);
+        assert_eq!(out, vec![f32::INFINITY, -2.5]);
     }
 }

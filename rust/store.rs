@@ -18,6 +18,7 @@ use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use std::hash::BuildHasher;
 
 use crate::error::{check_finite, check_matrix, Error, Result};
+use crate::simd;
 
 /// Labels per block of the sum matrix. Blocks never move once allocated, so
 /// growth copies nothing and wastes at most one partly filled block.
@@ -304,27 +305,13 @@ impl LabelStore {
                     if let Some(&next) = first_row.get(s + 1) {
                         prefetch(self.sum_row_mut(ids[next] as usize));
                     }
-                    let out = self.sum_row_mut(ids[r0] as usize);
-                    if next_row[r0] == usize::MAX {
-                        // a single row: its f64 "sum" is 0.0 + v, added directly
-                        for (o, &v) in out.iter_mut().zip(row(r0)) {
-                            *o = (*o as f64 + (0.0 + v as f64)) as f32;
-                        }
-                        continue;
-                    }
-                    for (a, &v) in acc.iter_mut().zip(row(r0)) {
-                        *a = 0.0 + v as f64;
-                    }
-                    let mut r = next_row[r0];
+                    acc.fill(0.0);
+                    let mut r = r0;
                     while r != usize::MAX {
-                        for (a, &v) in acc.iter_mut().zip(row(r)) {
-                            *a += v as f64;
-                        }
+                        simd::add_row(&mut acc, row(r));
                         r = next_row[r];
                     }
-                    for (o, &a) in out.iter_mut().zip(&acc) {
-                        *o = (*o as f64 + a) as f32;
-                    }
+                    simd::add_into_f32(self.sum_row_mut(ids[r0] as usize), &acc);
                 }
             }
             Stats::Window { cap, windows } => {
