@@ -14,6 +14,7 @@ pub mod parallel;
 pub mod rng;
 mod simd;
 pub mod store;
+pub mod targets;
 
 #[cfg(feature = "python")]
 mod python;

@@ -18,6 +18,7 @@ use crate::error::Error;
 use crate::kmeans::{Init, KMeansParams};
 use crate::lookup::LookupMetric;
 use crate::store::{LabelStore, StoreState};
+use crate::targets::{self, Blend, PrototypeRows};
 use crate::{kmeans, kmeans_plusplus, labels, nearest_prototype, parallel};
 
 create_exception!(
@@ -235,6 +236,68 @@ fn rows_match_of<T: numpy::Element + Copy + PartialEq>(
     })
 }
 
+/// The `L × L` target part of a batch's distinct labels (hard, pairwise and
+/// prototype parts weighted and added) and, when asked, the mean
+/// off-diagonal label similarity; see `rust/targets.rs`. Small work: the GIL
+/// is kept.
+#[pyfunction]
+#[pyo3(signature = (emb, counts, *, hard, pairwise, inv_temperature, logits=None, clusters=None, prototype=0.0, want_semantic=false))]
+#[allow(clippy::too_many_arguments)]
+fn label_targets_raw<'py>(
+    py: Python<'py>,
+    emb: PyReadonlyArray2<'py, f32>,
+    counts: PyReadonlyArray1<'py, f32>,
+    hard: f32,
+    pairwise: f32,
+    inv_temperature: f32,
+    logits: Option<PyReadonlyArray2<'py, f32>>,
+    clusters: Option<PyReadonlyArray1<'py, i64>>,
+    prototype: f32,
+    want_semantic: bool,
+) -> PyResult<(Bound<'py, PyArray2<f32>>, Option<f64>)> {
+    let (emb, _, d) = matrix(&emb);
+    let counts = vector(&counts);
+    let proto = match (&logits, &clusters) {
+        (Some(lg), Some(cl)) => Some((matrix(lg), vector(cl))),
+        (None, None) => None,
+        _ => {
+            return Err(Error::invalid("logits", "logits and clusters go together").into());
+        }
+    };
+    let blend = Blend {
+        hard,
+        pairwise,
+        inv_temperature,
+        prototype: proto.as_ref().map(|((lg, k, _), cl)| PrototypeRows {
+            weight: prototype,
+            logits: lg,
+            k: *k,
+            clusters: cl,
+        }),
+    };
+    let out = targets::label_targets(&emb, d, &counts, &blend, want_semantic)?;
+    let l = counts.len();
+    Ok((to_matrix(py, out.part, l, l), out.semantic))
+}
+
+/// `(G + Gᵀ)[inverse][:, inverse]` plus `diagonal` on the diagonal, as a new
+/// `B × B` array; see `rust/targets.rs`. Small work: the GIL is kept.
+#[pyfunction]
+fn expand_symmetric_raw<'py>(
+    py: Python<'py>,
+    g: PyReadonlyArray2<'py, f32>,
+    inverse: PyReadonlyArray1<'py, i64>,
+    diagonal: f32,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let (g, rows, cols) = matrix(&g);
+    if rows != cols {
+        return Err(Error::shape("g", "a square matrix", format!("{rows}×{cols}")).into());
+    }
+    let inverse = vector(&inverse);
+    let out = targets::expand_symmetric(&g, rows, &inverse, diagonal)?;
+    Ok(to_matrix(py, out, inverse.len(), inverse.len()))
+}
+
 /// Sets the number of threads of protofast's pool (≥ 1).
 #[pyfunction]
 fn set_num_threads(n: usize) -> PyResult<()> {
@@ -444,6 +507,8 @@ fn _protofast(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(nearest_prototype_raw, m)?)?;
     m.add_function(wrap_pyfunction!(group_labels_raw, m)?)?;
     m.add_function(wrap_pyfunction!(rows_match_raw, m)?)?;
+    m.add_function(wrap_pyfunction!(label_targets_raw, m)?)?;
+    m.add_function(wrap_pyfunction!(expand_symmetric_raw, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     Ok(())

@@ -117,6 +117,99 @@ multiversion! {
 }
 
 multiversion! {
+    /// The largest value of `x` (NaNs skipped; −∞ when empty).
+    pub fn max(x: &[f32]) -> f32 {
+        let mut m = [f32::NEG_INFINITY; LANES];
+        let full = x.len() / LANES * LANES;
+        for c in x[..full].chunks_exact(LANES) {
+            for l in 0..LANES {
+                m[l] = if c[l] > m[l] { c[l] } else { m[l] };
+            }
+        }
+        for (l, &v) in x[full..].iter().enumerate() {
+            m[l] = if v > m[l] { v } else { m[l] };
+        }
+        m.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a })
+    }
+}
+
+multiversion! {
+    /// In place `x[t] ← exp(x[t] − m)` for `m ≥ max x`; returns
+    /// `Σ_t w[t]·x[t]` over [`LANES`] partial sums added in lane order.
+    pub fn exp_shifted_dot(x: &mut [f32], m: f32, w: &[f32]) -> f32 {
+        let n = x.len().min(w.len());
+        let full = n / LANES * LANES;
+        let mut acc = [0f32; LANES];
+        for (cx, cw) in x[..full].chunks_exact_mut(LANES).zip(w[..full].chunks_exact(LANES)) {
+            for l in 0..LANES {
+                cx[l] = exp_nonpositive(cx[l] - m);
+                acc[l] += cw[l] * cx[l];
+            }
+        }
+        for (l, (v, &c)) in x[full..n].iter_mut().zip(&w[full..n]).enumerate() {
+            *v = exp_nonpositive(*v - m);
+            acc[l] += c * *v;
+        }
+        acc.iter().sum()
+    }
+}
+
+multiversion! {
+    /// `x[t] *= s`.
+    pub fn scale(x: &mut [f32], s: f32) {
+        for v in x.iter_mut() {
+            *v *= s;
+        }
+    }
+}
+
+multiversion! {
+    /// `out[t] += x[t]`.
+    pub fn add_assign(out: &mut [f32], x: &[f32]) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o += v;
+        }
+    }
+}
+
+/// `eˣ` for `x ≤ 0` (NaN propagates), within 2 ulp, written to vectorise: a
+/// power of two from the exponent bits times a degree-7 polynomial on
+/// `|r| ≤ ln 2 / 2` (the Cephes `expf` coefficients). Results below the
+/// smallest normal float (`x < −87`) are `e⁻⁸⁷`, about 1.6e-38.
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5·2²³: adding it rounds to an integer
+    let x = if x < -87.0 { -87.0 } else { x };
+    let t = x * LOG2_E + ROUND;
+    let n = t - ROUND;
+    // t's low mantissa bits hold n (here in [−126, 0]) as a two's complement
+    let e = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    let pow2 = f32::from_bits(((e + 127) as u32) << 23);
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
+    (p * r * r + r + 1.0) * pow2
+}
+
+multiversion! {
+    /// `out[t] = src[idx[t]]`, indices past the end of `src` clamped to its
+    /// last value (the clamp lets the loop vectorise without bounds checks).
+    pub fn gather(out: &mut [f32], src: &[f32], idx: &[u32]) {
+        let Some(last) = src.len().checked_sub(1) else {
+            return;
+        };
+        for (o, &i) in out.iter_mut().zip(idx) {
+            *o = src[(i as usize).min(last)];
+        }
+    }
+}
+
+multiversion! {
     /// `out[t] = (out[t] as f64 + acc[t]) as f32`: a running f32 sum gains
     /// an f64 partial sum with one rounding.
     pub fn add_into_f32(out: &mut [f32], acc: &[f64]) {
@@ -381,5 +474,57 @@ mod tests {
         let mut out = vec![f32::MAX, -3.0];
         add_into_f32(&mut out, &[f64::from(f32::MAX), 0.5]);
         assert_eq!(out, vec![f32::INFINITY, -2.5]);
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp_of_the_f64_exp() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x <= 0.0 {
+            let got = f64::from(exp_nonpositive(x));
+            let want = f64::from(x).exp();
+            let ulp = f64::from(f32::EPSILON) * want;
+            worst = worst.max((got - want).abs() / ulp);
+            x += 0.000_731;
+        }
+        assert!(worst <= 2.0, "worst error {worst} ulp");
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+        assert!(exp_nonpositive(f32::NAN).is_nan());
+        assert!(exp_nonpositive(f32::NEG_INFINITY) > 0.0);
+    }
+
+    #[test]
+    fn max_and_exp_shifted_dot_match_plain_loops() {
+        let mut rng = Rng::new(9);
+        for n in [1usize, 5, 16, 17, 40] {
+            let x: Vec<f32> = (0..n).map(|_| 10.0 * rng.next_f64() as f32 - 5.0).collect();
+            let w: Vec<f32> = (0..n).map(|_| rng.below(4) as f32 + 1.0).collect();
+            let m = max(&x);
+            assert_eq!(m, x.iter().cloned().fold(f32::NEG_INFINITY, f32::max));
+            let mut e = x.clone();
+            let total = exp_shifted_dot(&mut e, m, &w);
+            let mut want = 0f64;
+            for t in 0..n {
+                let v = f64::from(x[t] - m).exp(); // the difference rounds in f32
+                assert!((f64::from(e[t]) - v).abs() <= 3e-7 * v, "n={n} t={t}");
+                want += f64::from(w[t]) * v;
+            }
+            assert!((f64::from(total) - want).abs() <= 1e-6 * want, "n={n}");
+        }
+        assert_eq!(max(&[]), f32::NEG_INFINITY);
+        assert_eq!(max(&[f32::NAN, 2.0, 1.0]), 2.0);
+    }
+
+    #[test]
+    fn gather_reads_each_index_and_clamps_past_the_end() {
+        let src = [1.0f32, 2.0, 3.0];
+        let idx: Vec<u32> = (0..37).map(|t| (t * 7 % 4) as u32).collect();
+        let mut out = vec![0f32; 37];
+        gather(&mut out, &src, &idx);
+        for (o, &i) in out.iter().zip(&idx) {
+            assert_eq!(*o, src[(i as usize).min(2)]);
+        }
+        gather(&mut out, &[], &idx); // nothing to read: out unchanged
+        assert_eq!(out[1], 3.0); // index 7 % 4 = 3, clamped to 2
     }
 }

@@ -541,6 +541,57 @@ def test_real_manager_matches_reference(
         torch.testing.assert_close(m1[key], m2[key], **tol)
 
 
+@pytest.mark.parametrize("unseen", ["nearest", "one_hot"])
+@pytest.mark.parametrize("mode_name", ["pairwise_label", "prototype", "hybrid", "hybrid_label"])
+def test_compiled_label_targets_equal_the_tensor_path(
+    unseen: str, mode_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the CPU in float32 the per-label targets come from one call of the core; in float64
+    the same loss builds them with tensor operations. Both must agree to float32 rounding,
+    metrics included, with unseen labels (no prototype row) in the batch."""
+    calls: list[int] = []
+    compiled = InfoNCELoss._compiled_label_targets
+
+    def spy(self: InfoNCELoss, *args: Any) -> Any:
+        calls.append(1)
+        return compiled(self, *args)
+
+    monkeypatch.setattr(InfoNCELoss, "_compiled_label_targets", spy)
+    mode, dim = MODES[mode_name], 6
+    manager = _clustered_manager(unseen, dim)
+    gen = torch.Generator().manual_seed(5)
+    per_label = {label: _normalized(gen, dim) for label in ACTIVITIES}
+    labels = [ACTIVITIES[i] for i in [0, 1, 0, 9, 2, 1, 0, 9, 3, 0, 1, 2, 8, 0, 1, 3]]
+    text = torch.stack([per_label[label] for label in labels])
+    imu = _normalized(gen, len(labels), dim)
+    loss_fn = InfoNCELoss(
+        temperature=0.2,
+        use_soft_targets=mode.use_soft,
+        soft_target_temperature=0.4,
+        soft_target_weight=0.6,
+        use_prototypes=mode.use_proto,
+        prototype_weight=0.3,
+        prototype_manager=manager if mode.use_proto else None,
+        hard_targets=mode.hard,
+    )
+    results = []
+    for dtype in (torch.float32, torch.float64):
+        x = _leaf(imu, dtype)
+        assert x is not None
+        loss, metrics = loss_fn(x, text.to(dtype), labels)
+        loss.backward()
+        assert x.grad is not None and metrics is not None
+        results.append((loss.double(), x.grad.double(), metrics))
+    assert len(calls) == 1  # float32 only
+    (l32, g32, m32), (l64, g64, m64) = results
+    tol = dict(rtol=2e-6, atol=2e-6)
+    torch.testing.assert_close(l32, l64, **tol)
+    torch.testing.assert_close(g32, g64, **tol)
+    assert m32.keys() == m64.keys()
+    for key in m32:
+        torch.testing.assert_close(m32[key].double(), m64[key], **tol)
+
+
 def test_metrics_do_not_change_the_loss() -> None:
     """return_metrics=False takes the factored targets only; it must give the same loss."""
     manager = _clustered_manager("one_hot", 5)

@@ -9,9 +9,11 @@ __all__ = [
     "LabelStore",
     "ProtofastError",
     "get_num_threads",
+    "expand_symmetric_raw",
     "group_labels_raw",
     "kmeans_raw",
     "kmeans_plusplus_raw",
+    "label_targets_raw",
     "nearest_prototype_raw",
     "rows_match_raw",
     "set_num_threads",
@@ -50,6 +52,21 @@ def rows_match_raw(
     first: npt.NDArray[np.int64],
     inverse: npt.NDArray[np.int64],
 ) -> bool | None: ...
+def label_targets_raw(
+    emb: npt.NDArray[np.float32],
+    counts: npt.NDArray[np.float32],
+    *,
+    hard: float,
+    pairwise: float,
+    inv_temperature: float,
+    logits: npt.NDArray[np.float32] | None = None,
+    clusters: npt.NDArray[np.int64] | None = None,
+    prototype: float = 0.0,
+    want_semantic: bool = False,
+) -> tuple[npt.NDArray[np.float32], float | None]: ...
+def expand_symmetric_raw(
+    g: npt.NDArray[np.float32], inverse: npt.NDArray[np.int64], diagonal: float
+) -> npt.NDArray[np.float32]: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
 

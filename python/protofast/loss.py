@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._protofast import rows_match_raw
+from ._protofast import expand_symmetric_raw, label_targets_raw, rows_match_raw
 from .targets import (
     _check_temperature,
     _check_weight,
@@ -174,15 +174,26 @@ class _Targets:
     def symmetric(self) -> Tensor | None:
         """``T + T.T`` as a ``B x B`` matrix; ``None`` when ``T`` is diagonal."""
         out: Tensor | None = None
+        diagonal = self.diagonal
         if self.label_part is not None:
-            out = self._gather(self.label_part + self.label_part.T)
+            part = self.label_part
+            if part.device.type == "cpu" and part.dtype == torch.float32:
+                assert self.ids is not None
+                # one pass of the core (same sums as the tensor ops); a scalar diagonal goes
+                # in there too unless a dense part comes first
+                inside = 0.0
+                if self.dense is None and not isinstance(diagonal, Tensor):
+                    inside, diagonal = 2.0 * diagonal, 0.0
+                out = torch.from_numpy(expand_symmetric_raw(part.numpy(), self.ids.numpy(), inside))
+            else:
+                out = self._gather(part + part.T)
         if self.dense is not None:
             if out is None:
                 out = self.dense + self.dense.T
             else:
                 out.add_(self.dense).add_(self.dense.T)
-        if out is not None and _nonzero(self.diagonal):
-            out.diagonal().add_(2.0 * self.diagonal)
+        if out is not None and _nonzero(diagonal):
+            out.diagonal().add_(2.0 * diagonal)
         return out
 
     def matrix(self, like: Tensor) -> Tensor:
@@ -416,7 +427,7 @@ class InfoNCELoss(nn.Module):
                 f"label_texts has {len(label_texts)} entries, expected {batch} (the batch size)"
             )
         needs_index = self.hard_targets == "label" or (soft and self._target_index is not None)
-        dedup_candidate = self.use_soft_targets and imu.device.type == "cpu"
+        dedup_candidate = soft and imu.device.type == "cpu"
         if not needs_index and not dedup_candidate:
             return None  # labels are not used beyond the manager: skip grouping them
         check_label_types(label_texts)
@@ -495,6 +506,28 @@ class InfoNCELoss(nn.Module):
 
         w_hard, w_pair, w_proto = self._target_weights()
         targets = _Targets(batch, ids, counts)
+        label_emb: Tensor | None = None  # L x D_t, one row per distinct label
+        if rows is not None:
+            assert self._target_matrix is not None
+            label_emb = self._target_matrix.to(device).index_select(0, rows).to(dtype)
+        elif (
+            soft
+            and index is not None
+            and ids is not None
+            and _dedup_pays_off(len(index.labels), batch)
+            and self._use_dedup(text, index, ids)
+        ):
+            label_emb = text.index_select(0, torch.from_numpy(index.first))
+        if (
+            label_emb is not None
+            and label_emb.device.type == "cpu"
+            and label_emb.dtype == torch.float32
+            and self._factored_or_none() is not False
+        ):
+            assert index is not None
+            semantic = self._compiled_label_targets(targets, index, label_emb, want_semantic)
+            return targets, ids, semantic
+
         if self.hard_targets == "label":
             assert counts is not None
             targets.add_label_part(torch.diag(counts.reciprocal().mul_(w_hard)), w_hard)
@@ -502,19 +535,6 @@ class InfoNCELoss(nn.Module):
             targets.add_diagonal(w_hard, w_hard)
         if not soft:
             return targets, ids, None
-
-        label_emb: Tensor | None = None  # L x D_t, one row per distinct label
-        if rows is not None:
-            assert self._target_matrix is not None
-            label_emb = self._target_matrix.to(device).index_select(0, rows).to(dtype)
-        elif (
-            self.use_soft_targets
-            and index is not None
-            and ids is not None
-            and _dedup_pays_off(len(index.labels), batch)
-            and self._use_dedup(text, index, ids)
-        ):
-            label_emb = text.index_select(0, torch.from_numpy(index.first))
 
         semantic = None
         if self.use_soft_targets:
@@ -540,6 +560,61 @@ class InfoNCELoss(nn.Module):
             assert label_texts is not None
             self._add_prototype_targets(targets, label_texts, index, text, label_emb, w_proto)
         return targets, ids, semantic
+
+    def _factored_or_none(self) -> Any:
+        """The manager's ``prototype_logits`` method; ``None`` without prototype targets,
+        ``False`` when the manager only gives ``B x B`` matrices."""
+        if not self.use_prototypes:
+            return None
+        factored_fn = getattr(self.prototype_manager, "prototype_logits", None)
+        return factored_fn if callable(factored_fn) else False
+
+    def _compiled_label_targets(
+        self, targets: _Targets, index: _BatchLabels, label_emb: Tensor, want_semantic: bool
+    ) -> Tensor | None:
+        """Adds the whole blend on the per-label path, built by the core in one call
+        (CPU, float32; the tensor formula of the other paths, rounded differently).
+
+        Returns:
+            The mean off-diagonal label similarity when ``want_semantic`` and pairwise
+            targets are on, else ``None``.
+        """
+        w_hard, w_pair, w_proto = self._target_weights()
+        hard = w_hard if self.hard_targets == "label" else 0.0
+        if hard == 0.0:
+            targets.add_diagonal(w_hard, w_hard)
+        mass = hard + w_pair
+        logits = clusters = None
+        factored_fn = self._factored_or_none()
+        if factored_fn is not None:
+            factored = factored_fn(
+                index.labels, label_emb, temperature=self.soft_target_temperature
+            )
+            if factored is None:  # not clustered yet: identity targets
+                targets.add_diagonal(w_proto, w_proto)
+            else:
+                logits_t, clusters_t, one_hot = factored
+                logits = logits_t.detach().to(torch.float32).contiguous().numpy()
+                clusters = clusters_t.numpy()
+                mass += w_proto
+                if one_hot is not None:  # these rows' mass moves to the diagonal
+                    clusters = np.where(one_hot.numpy(), -1, clusters)
+                    assert targets.ids is not None
+                    per_sample = one_hot.index_select(0, targets.ids).to(torch.float32)
+                    targets.add_diagonal(w_proto * per_sample, 0.0)
+        part, semantic = label_targets_raw(
+            label_emb.contiguous().numpy(),
+            index.counts.astype(np.float32),
+            hard=hard,
+            pairwise=w_pair,
+            inv_temperature=1.0 / self.soft_target_temperature,
+            logits=logits,
+            clusters=clusters,
+            prototype=w_proto,
+            want_semantic=want_semantic and self.use_soft_targets,
+        )
+        targets.add_label_part(torch.from_numpy(part), mass)
+        return None if semantic is None else torch.tensor(semantic, dtype=torch.float32)
 
     def _add_prototype_targets(
         self,
