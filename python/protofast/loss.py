@@ -306,18 +306,23 @@ class InfoNCELoss(nn.Module):
         * Inputs are not normalised (see the module docstring).
         * fp16/bf16 inputs (e.g. under autocast) are upcast: the loss is computed in float32
           (float64 inputs stay float64) with autocast disabled inside.
-        * Pairwise targets are computed on ``L`` distinct labels instead of ``B`` samples (the
-          *dedup path*, exact) when ``label_texts`` are given and either ``target_embeddings``
-          is set, or the embeddings are on the CPU, labels repeat enough for it to pay off
-          (``L^2 <= B^2 / 2``) and every sample's text embedding equals that of the first
-          sample with the same label (checked with one array comparison). On other devices
-          without ``target_embeddings`` the ``B x B`` path is used, so no host-device
-          synchronisation happens.
+        * Pairwise and prototype targets are computed on ``L`` distinct labels instead of
+          ``B`` samples (the *dedup path*, exact) when ``label_texts`` are given and either
+          ``target_embeddings`` is set, or the embeddings are on the CPU, labels repeat enough
+          for it to pay off (``L^2 <= B^2 / 2``) and every sample's text embedding equals that
+          of the first sample with the same label (checked with one pass over the rows). On
+          other devices without ``target_embeddings`` the ``B x B`` path is used, so no
+          host-device synchronisation happens.
         * A ``prototype_manager`` with a ``prototype_logits`` method (like
           :class:`protofast.PrototypeManager`) gives its targets in factored form
           (``k`` distinct rows and a prototype per sample); they are then built from ``k x L``
           logits on the dedup path, or ``k x B`` otherwise, instead of a ``B x B`` matrix.
           Other managers only need ``get_prototype_targets``.
+        * On the dedup path on the CPU in float32 (with such a manager, or without
+          prototypes), the whole ``L x L`` blend is built by the compiled core in one call,
+          and spread over the batch by another, instead of by about twenty small tensor
+          operations; float64 and other devices use tensor operations. Both compute the same
+          formula and differ only in rounding (the core's ``exp`` is within 2 ulp).
         * Targets are kept in factored form (per-label blend, dense part, diagonal) and only
           ``T + T.T`` is expanded to ``B x B`` for the loss; row sums of parts built
           row-stochastic are their weights (the rows of a manager's ``B x B`` matrix are
@@ -431,9 +436,9 @@ class InfoNCELoss(nn.Module):
         if not needs_index and not dedup_candidate:
             return None  # labels are not used beyond the manager: skip grouping them
         check_label_types(label_texts)
-        if not needs_index and not _dedup_pays_off(len(set(label_texts)), batch):
-            return None  # too few repeats for the per-label path to pay off
         index = _BatchLabels(*_index_checked_labels(label_texts))
+        if not needs_index and not _dedup_pays_off(len(index.labels), batch):
+            return None  # too few repeats for the per-label path to pay off
         if soft and self._target_index is not None:
             missing = [label for label in index.labels if label not in self._target_index]
             if missing:
