@@ -542,7 +542,7 @@ def test_real_manager_matches_reference(
 
 
 @pytest.mark.parametrize("unseen", ["nearest", "one_hot"])
-@pytest.mark.parametrize("mode_name", ["pairwise_label", "prototype", "hybrid", "hybrid_label"])
+@pytest.mark.parametrize("mode_name", ["pairwise", "pairwise_label", "hybrid", "hybrid_label"])
 def test_compiled_label_targets_equal_the_tensor_path(
     unseen: str, mode_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

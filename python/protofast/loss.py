@@ -306,9 +306,10 @@ class InfoNCELoss(nn.Module):
         * Inputs are not normalised (see the module docstring).
         * fp16/bf16 inputs (e.g. under autocast) are upcast: the loss is computed in float32
           (float64 inputs stay float64) with autocast disabled inside.
-        * Pairwise and prototype targets are computed on ``L`` distinct labels instead of
-          ``B`` samples (the *dedup path*, exact) when ``label_texts`` are given and either
-          ``target_embeddings`` is set, or the embeddings are on the CPU, labels repeat enough
+        * Pairwise targets (and prototype targets with them) are computed on ``L`` distinct
+          labels instead of ``B`` samples (the *dedup path*, exact) when ``label_texts`` are
+          given and either ``target_embeddings`` is set, or pairwise targets are on, the
+          embeddings are on the CPU, labels repeat enough
           for it to pay off (``L^2 <= B^2 / 2``) and every sample's text embedding equals that
           of the first sample with the same label (checked with one pass over the rows). On
           other devices without ``target_embeddings`` the ``B x B`` path is used, so no
@@ -432,7 +433,7 @@ class InfoNCELoss(nn.Module):
                 f"label_texts has {len(label_texts)} entries, expected {batch} (the batch size)"
             )
         needs_index = self.hard_targets == "label" or (soft and self._target_index is not None)
-        dedup_candidate = soft and imu.device.type == "cpu"
+        dedup_candidate = self.use_soft_targets and imu.device.type == "cpu"
         if not needs_index and not dedup_candidate:
             return None  # labels are not used beyond the manager: skip grouping them
         check_label_types(label_texts)
@@ -516,7 +517,7 @@ class InfoNCELoss(nn.Module):
             assert self._target_matrix is not None
             label_emb = self._target_matrix.to(device).index_select(0, rows).to(dtype)
         elif (
-            soft
+            self.use_soft_targets
             and index is not None
             and ids is not None
             and _dedup_pays_off(len(index.labels), batch)
