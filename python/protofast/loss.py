@@ -309,11 +309,11 @@ class InfoNCELoss(nn.Module):
         * Pairwise targets (and prototype targets with them) are computed on ``L`` distinct
           labels instead of ``B`` samples (the *dedup path*, exact) when ``label_texts`` are
           given and either ``target_embeddings`` is set, or pairwise targets are on, the
-          embeddings are on the CPU, labels repeat enough
-          for it to pay off (``L^2 <= B^2 / 2``) and every sample's text embedding equals that
-          of the first sample with the same label (checked with one pass over the rows). On
-          other devices without ``target_embeddings`` the ``B x B`` path is used, so no
-          host-device synchronisation happens.
+          embeddings are on the CPU, labels repeat enough for it to pay off
+          (``L^2 <= B^2 / 2``) and every sample's text embedding equals that of the first
+          sample with the same label (checked with one pass over the rows). On other devices
+          without ``target_embeddings`` the ``B x B`` path is used, so no host-device
+          synchronisation happens.
         * A ``prototype_manager`` with a ``prototype_logits`` method (like
           :class:`protofast.PrototypeManager`) gives its targets in factored form
           (``k`` distinct rows and a prototype per sample); they are then built from ``k x L``
