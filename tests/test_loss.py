@@ -375,6 +375,41 @@ def test_dedup_check_handles_layouts_and_nan() -> None:
         assert loss_fn.decisions == [expected]
 
 
+def test_core_target_calls_reject_bad_input() -> None:
+    """The core's per-label target calls name the bad argument (ProtofastError, a
+    ValueError) instead of reading out of bounds."""
+    from protofast import ProtofastError
+    from protofast._protofast import expand_symmetric_raw, label_targets_raw
+
+    emb = np.eye(3, dtype=np.float32)
+    counts = np.array([1.0, 2.0, 1.0], np.float32)
+    weights = dict(hard=0.2, pairwise=0.8, inv_temperature=2.0)
+    part, semantic = label_targets_raw(emb, counts, **weights, want_semantic=True)
+    assert part.shape == (3, 3) and semantic is not None
+    np.testing.assert_allclose(part @ counts, np.ones(3), rtol=1e-6)  # row mass 0.2 + 0.8
+    logits = np.zeros((2, 3), np.float32)
+    bad_calls = [
+        (lambda: label_targets_raw(emb, counts[:2], **weights), "emb"),
+        (lambda: label_targets_raw(emb, np.array([1, 0, 1], np.float32), **weights), "counts"),
+        (lambda: label_targets_raw(emb, counts, **weights, logits=logits), "logits"),
+        (
+            lambda: label_targets_raw(
+                emb, counts, **weights, logits=logits, clusters=np.array([0, 2, 1])
+            ),
+            "clusters",
+        ),
+        (lambda: expand_symmetric_raw(part[:2], np.array([0, 1]), 0.0), "g"),
+        (lambda: expand_symmetric_raw(part, np.array([0, 3]), 0.0), "inverse"),
+        (lambda: expand_symmetric_raw(part, np.array([-1]), 0.0), "inverse"),
+    ]
+    for call, name in bad_calls:
+        with pytest.raises(ProtofastError, match=f"^{name}:"):
+            call()
+    out = expand_symmetric_raw(part, np.array([2, 0, 2]), 0.5)
+    expected = (part + part.T)[[2, 0, 2]][:, [2, 0, 2]] + 0.5 * np.eye(3, dtype=np.float32)
+    np.testing.assert_array_equal(out, expected)
+
+
 def test_hard_targets() -> None:
     assert torch.equal(hard_targets(3), torch.eye(3))
     labels = ["a", "b", "a", "a"]
