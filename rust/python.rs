@@ -280,24 +280,6 @@ fn label_targets_raw<'py>(
     Ok((to_matrix(py, out.part, l, l), out.semantic))
 }
 
-/// `(G + Gᵀ)[inverse][:, inverse]` plus `diagonal` on the diagonal, as a new
-/// `B × B` array; see `rust/targets.rs`. Small work: the GIL is kept.
-#[pyfunction]
-fn expand_symmetric_raw<'py>(
-    py: Python<'py>,
-    g: PyReadonlyArray2<'py, f32>,
-    inverse: PyReadonlyArray1<'py, i64>,
-    diagonal: f32,
-) -> PyResult<Bound<'py, PyArray2<f32>>> {
-    let (g, rows, cols) = matrix(&g);
-    if rows != cols {
-        return Err(Error::shape("g", "a square matrix", format!("{rows}×{cols}")).into());
-    }
-    let inverse = vector(&inverse);
-    let out = targets::expand_symmetric(&g, rows, &inverse, diagonal)?;
-    Ok(to_matrix(py, out, inverse.len(), inverse.len()))
-}
-
 /// Sets the number of threads of protofast's pool (≥ 1).
 #[pyfunction]
 fn set_num_threads(n: usize) -> PyResult<()> {
@@ -508,7 +490,6 @@ fn _protofast(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(group_labels_raw, m)?)?;
     m.add_function(wrap_pyfunction!(rows_match_raw, m)?)?;
     m.add_function(wrap_pyfunction!(label_targets_raw, m)?)?;
-    m.add_function(wrap_pyfunction!(expand_symmetric_raw, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     Ok(())

@@ -197,19 +197,6 @@ fn exp_nonpositive(x: f32) -> f32 {
 }
 
 multiversion! {
-    /// `out[t] = src[idx[t]]`, indices past the end of `src` clamped to its
-    /// last value (the clamp lets the loop vectorise without bounds checks).
-    pub fn gather(out: &mut [f32], src: &[f32], idx: &[u32]) {
-        let Some(last) = src.len().checked_sub(1) else {
-            return;
-        };
-        for (o, &i) in out.iter_mut().zip(idx) {
-            *o = src[(i as usize).min(last)];
-        }
-    }
-}
-
-multiversion! {
     /// `out[t] = (out[t] as f64 + acc[t]) as f32`: a running f32 sum gains
     /// an f64 partial sum with one rounding.
     pub fn add_into_f32(out: &mut [f32], acc: &[f64]) {
@@ -513,18 +500,5 @@ mod tests {
         }
         assert_eq!(max(&[]), f32::NEG_INFINITY);
         assert_eq!(max(&[f32::NAN, 2.0, 1.0]), 2.0);
-    }
-
-    #[test]
-    fn gather_reads_each_index_and_clamps_past_the_end() {
-        let src = [1.0f32, 2.0, 3.0];
-        let idx: Vec<u32> = (0..37).map(|t| (t * 7 % 4) as u32).collect();
-        let mut out = vec![0f32; 37];
-        gather(&mut out, &src, &idx);
-        for (o, &i) in out.iter().zip(&idx) {
-            assert_eq!(*o, src[(i as usize).min(2)]);
-        }
-        gather(&mut out, &[], &idx); // nothing to read: out unchanged
-        assert_eq!(out[1], 3.0); // index 7 % 4 = 3, clamped to 2
     }
 }

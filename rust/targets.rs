@@ -1,5 +1,5 @@
 //! Soft targets over the distinct labels of a batch: the loss's per-label
-//! path on the CPU, in two calls instead of about twenty small tensor
+//! path on the CPU, in one call instead of about fifteen small tensor
 //! operations.
 //!
 //! When the logits of a row-softmax over the batch's `B` columns depend only
@@ -8,8 +8,7 @@
 //! then spread evenly over the label's `c_b` columns. The entry for one
 //! column of label `b` is `exp(x_b − m) / Σ_j c_j·exp(x_j − m)` for any shift
 //! `m`; [`label_targets`] builds the `L × L` matrix of those entries, the
-//! hard, pairwise and prototype parts already weighted and added, and
-//! [`expand_symmetric`] spreads `G + Gᵀ` over the batch for the loss.
+//! hard, pairwise and prototype parts already weighted and added.
 
 use crate::error::{Error, Result};
 use crate::linalg::dot_nt;
@@ -160,61 +159,6 @@ fn mean_off_diagonal(sim: &[f32], counts: &[f32]) -> f64 {
         batch += ca;
     }
     total / (batch * (batch - 1.0)).max(1.0)
-}
-
-/// `B × B` row-major: entry `(i, j)` is `H[inverse_i][inverse_j]` with
-/// `H = G + Gᵀ` (`g` is `L × L`), plus `diagonal` on the diagonal.
-///
-/// Samples of the same label get the same row (copied, not gathered again).
-///
-/// # Errors
-/// [`Error`] if `g` is not square or an entry of `inverse` is out of range.
-pub fn expand_symmetric(g: &[f32], l: usize, inverse: &[i64], diagonal: f32) -> Result<Vec<f32>> {
-    if g.len() != l * l {
-        return Err(Error::shape(
-            "g",
-            format!("{l}×{l} values"),
-            format!("{}", g.len()),
-        ));
-    }
-    let b = inverse.len();
-    let labels: Vec<u32> = inverse
-        .iter()
-        .enumerate()
-        .map(|(i, &a)| {
-            u32::try_from(a)
-                .ok()
-                .filter(|&a| (a as usize) < l)
-                .ok_or_else(|| Error::invalid("inverse", format!("entry {i} is out of range")))
-        })
-        .collect::<Result<_>>()?;
-    let mut h = vec![0f32; l * l];
-    for a in 0..l {
-        for c in 0..l {
-            h[a * l + c] = g[a * l + c] + g[c * l + a];
-        }
-    }
-    let mut out = vec![0f32; b * b];
-    let mut done = vec![usize::MAX; l]; // the first sample whose row is built
-    for (i, &a) in labels.iter().enumerate() {
-        let a = a as usize;
-        if done[a] != usize::MAX {
-            out.copy_within(done[a] * b..(done[a] + 1) * b, i * b);
-        } else {
-            done[a] = i;
-            simd::gather(
-                &mut out[i * b..(i + 1) * b],
-                &h[a * l..(a + 1) * l],
-                &labels,
-            );
-        }
-    }
-    if diagonal != 0.0 {
-        for i in 0..b {
-            out[i * b + i] += diagonal;
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -383,26 +327,5 @@ mod tests {
         };
         let got = label_targets(&emb, 2, &[1.0, 1.0], &blend, false).unwrap();
         assert!(got.part.iter().all(|v| v.is_nan()));
-    }
-
-    #[test]
-    fn expansion_gathers_the_symmetric_part() {
-        let g = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0];
-        let inverse = [2i64, 0, 2, 1];
-        let out = expand_symmetric(&g, 3, &inverse, 0.5).unwrap();
-        for (i, &a) in inverse.iter().enumerate() {
-            for (j, &c) in inverse.iter().enumerate() {
-                let (a, c) = (a as usize, c as usize);
-                let want = g[a * 3 + c] + g[c * 3 + a] + if i == j { 0.5 } else { 0.0 };
-                assert_eq!(out[i * 4 + j], want, "({i},{j})");
-            }
-        }
-        assert!(expand_symmetric(&g, 2, &inverse, 0.0).is_err());
-        assert!(expand_symmetric(&g, 3, &[0, 3], 0.0).is_err());
-        assert!(expand_symmetric(&g, 3, &[-1], 0.0).is_err());
-        assert_eq!(
-            expand_symmetric(&g, 3, &[], 0.0).unwrap(),
-            Vec::<f32>::new()
-        );
     }
 }

@@ -375,11 +375,33 @@ def test_dedup_check_handles_layouts_and_nan() -> None:
         assert loss_fn.decisions == [expected]
 
 
+def test_core_builds_only_small_label_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The core's single-threaded L x L product is only used while L^2 D <= 2^21: a batch of
+    80 distinct labels at D = 384 takes the tensor path (still the per-label one)."""
+    calls: list[int] = []
+    compiled = InfoNCELoss._compiled_label_targets
+
+    def spy(self: InfoNCELoss, *args: Any) -> Any:
+        calls.append(len(args[1].labels))
+        return compiled(self, *args)
+
+    monkeypatch.setattr(InfoNCELoss, "_compiled_label_targets", spy)
+    gen = torch.Generator().manual_seed(3)
+    loss_fn = _SpyLoss()
+    for distinct, dim in ((80, 384), (72, 384), (80, 300)):
+        per_label = _normalized(gen, distinct, dim).float()
+        ids = torch.arange(256) % distinct
+        labels = [f"label {i}" for i in ids.tolist()]
+        loss_fn(_normalized(gen, 256, dim).float(), per_label[ids], labels)
+        assert loss_fn.decisions[-1] is True  # the per-label path either way
+    assert calls == [72, 80]  # 80^2 * 384 > 2^21; 72^2 * 384 and 80^2 * 300 are not
+
+
 def test_core_target_calls_reject_bad_input() -> None:
-    """The core's per-label target calls name the bad argument (ProtofastError, a
+    """The core's per-label target call names the bad argument (ProtofastError, a
     ValueError) instead of reading out of bounds."""
     from protofast import ProtofastError
-    from protofast._protofast import expand_symmetric_raw, label_targets_raw
+    from protofast._protofast import label_targets_raw
 
     emb = np.eye(3, dtype=np.float32)
     counts = np.array([1.0, 2.0, 1.0], np.float32)
@@ -398,16 +420,10 @@ def test_core_target_calls_reject_bad_input() -> None:
             ),
             "clusters",
         ),
-        (lambda: expand_symmetric_raw(part[:2], np.array([0, 1]), 0.0), "g"),
-        (lambda: expand_symmetric_raw(part, np.array([0, 3]), 0.0), "inverse"),
-        (lambda: expand_symmetric_raw(part, np.array([-1]), 0.0), "inverse"),
     ]
     for call, name in bad_calls:
         with pytest.raises(ProtofastError, match=f"^{name}:"):
             call()
-    out = expand_symmetric_raw(part, np.array([2, 0, 2]), 0.5)
-    expected = (part + part.T)[[2, 0, 2]][:, [2, 0, 2]] + 0.5 * np.eye(3, dtype=np.float32)
-    np.testing.assert_array_equal(out, expected)
 
 
 def test_hard_targets() -> None:

@@ -9,7 +9,6 @@ __all__ = [
     "LabelStore",
     "ProtofastError",
     "get_num_threads",
-    "expand_symmetric_raw",
     "group_labels_raw",
     "kmeans_raw",
     "kmeans_plusplus_raw",
@@ -64,9 +63,6 @@ def label_targets_raw(
     prototype: float = 0.0,
     want_semantic: bool = False,
 ) -> tuple[npt.NDArray[np.float32], float | None]: ...
-def expand_symmetric_raw(
-    g: npt.NDArray[np.float32], inverse: npt.NDArray[np.int64], diagonal: float
-) -> npt.NDArray[np.float32]: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
 

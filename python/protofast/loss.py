@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._protofast import expand_symmetric_raw, label_targets_raw, rows_match_raw
+from ._protofast import label_targets_raw, rows_match_raw
 from .targets import (
     _check_temperature,
     _check_weight,
@@ -174,26 +174,15 @@ class _Targets:
     def symmetric(self) -> Tensor | None:
         """``T + T.T`` as a ``B x B`` matrix; ``None`` when ``T`` is diagonal."""
         out: Tensor | None = None
-        diagonal = self.diagonal
         if self.label_part is not None:
-            part = self.label_part
-            if part.device.type == "cpu" and part.dtype == torch.float32:
-                assert self.ids is not None
-                # one pass of the core (same sums as the tensor ops); a scalar diagonal goes
-                # in there too unless a dense part comes first
-                inside = 0.0
-                if self.dense is None and not isinstance(diagonal, Tensor):
-                    inside, diagonal = 2.0 * diagonal, 0.0
-                out = torch.from_numpy(expand_symmetric_raw(part.numpy(), self.ids.numpy(), inside))
-            else:
-                out = self._gather(part + part.T)
+            out = self._gather(self.label_part + self.label_part.T)
         if self.dense is not None:
             if out is None:
                 out = self.dense + self.dense.T
             else:
                 out.add_(self.dense).add_(self.dense.T)
-        if out is not None and _nonzero(diagonal):
-            out.diagonal().add_(2.0 * diagonal)
+        if out is not None and _nonzero(self.diagonal):
+            out.diagonal().add_(2.0 * self.diagonal)
         return out
 
     def matrix(self, like: Tensor) -> Tensor:
@@ -250,6 +239,12 @@ def _soft_cross_entropy(
         positive_term = (2.0 * targets.diagonal) * base.diagonal().sum()
     loss = (lse_term - positive_term) * (0.5 / batch)
     return loss, row_sums
+
+
+# Largest L^2 * D for which the core builds the per-label targets: its single-threaded
+# L x L product overtakes torch's between L = 50 and 100 at D = 384 (2 threads), while the
+# tensor path's fixed cost of about fifteen small operations matters less and less.
+_CORE_TARGETS_WORK = 1 << 21
 
 
 def _dedup_pays_off(distinct: int, batch: int) -> bool:
@@ -319,11 +314,12 @@ class InfoNCELoss(nn.Module):
           (``k`` distinct rows and a prototype per sample); they are then built from ``k x L``
           logits on the dedup path, or ``k x B`` otherwise, instead of a ``B x B`` matrix.
           Other managers only need ``get_prototype_targets``.
-        * On the dedup path on the CPU in float32 (with such a manager, or without
-          prototypes), the whole ``L x L`` blend is built by the compiled core in one call,
-          and spread over the batch by another, instead of by about twenty small tensor
-          operations; float64 and other devices use tensor operations. Both compute the same
-          formula and differ only in rounding (the core's ``exp`` is within 2 ulp).
+        * On the dedup path on the CPU in float32 with a small label set (``L^2 D <= 2^21``,
+          ``L <= 73`` at ``D = 384``; with such a manager, or without prototypes), the whole
+          ``L x L`` blend is built by the compiled core in one call instead of by about fifteen
+          small tensor operations; larger label sets, float64 and other devices use tensor
+          operations. Both compute the same formula and differ only in rounding (the core's
+          ``exp`` is within 2 ulp).
         * Targets are kept in factored form (per-label blend, dense part, diagonal) and only
           ``T + T.T`` is expanded to ``B x B`` for the loss; row sums of parts built
           row-stochastic are their weights (the rows of a manager's ``B x B`` matrix are
@@ -528,6 +524,7 @@ class InfoNCELoss(nn.Module):
             label_emb is not None
             and label_emb.device.type == "cpu"
             and label_emb.dtype == torch.float32
+            and label_emb.shape[0] ** 2 * label_emb.shape[1] <= _CORE_TARGETS_WORK
             and self._factored_or_none() is not False
         ):
             assert index is not None
