@@ -862,6 +862,11 @@ def test_forward_validation() -> None:
         plain(x, x, labels[:3])
     with pytest.raises(TypeError, match="label_texts"):
         plain(x, x, "abca")
+    for hard in ("identity", "label"):  # labels grouped (label hard targets) or not
+        with pytest.raises(TypeError, match=r"label_texts\[2\] must be a str, got int"):
+            InfoNCELoss(hard_targets=hard)(x, x, ["a", "b", 3, "c"])
+        with pytest.raises(TypeError, match=r"label_texts\[0\] must be a str, got bytes"):
+            InfoNCELoss(hard_targets=hard)(x, x, (b"a", "b", "a", "c"))
     with pytest.raises(ValueError, match="text_queue"):
         plain(x, x, text_queue=torch.randn(2, 4))
     with pytest.raises(ValueError, match="imu_queue"):

@@ -34,7 +34,6 @@ from .targets import (
     _check_temperature,
     _check_weight,
     _index_checked_labels,
-    check_label_types,
 )
 
 __all__ = ["InfoNCELoss", "SemanticAlignmentLoss"]
@@ -432,8 +431,7 @@ class InfoNCELoss(nn.Module):
         dedup_candidate = self.use_soft_targets and imu.device.type == "cpu"
         if not needs_index and not dedup_candidate:
             return None  # labels are not used beyond the manager: skip grouping them
-        check_label_types(label_texts)
-        index = _BatchLabels(*_index_checked_labels(label_texts))
+        index = _BatchLabels(*_index_checked_labels(label_texts))  # type-checks the labels
         if not needs_index and not _dedup_pays_off(len(index.labels), batch):
             return None  # too few repeats for the per-label path to pay off
         if soft and self._target_index is not None:
@@ -519,7 +517,7 @@ class InfoNCELoss(nn.Module):
             and _dedup_pays_off(len(index.labels), batch)
             and self._use_dedup(text, index, ids)
         ):
-            label_emb = text.index_select(0, torch.from_numpy(index.first))
+            label_emb = torch.from_numpy(text.numpy()[index.first])  # on the CPU here
         if (
             label_emb is not None
             and label_emb.device.type == "cpu"

@@ -23,7 +23,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._core import LabelStore, ProtofastError, _int, _labels, kmeans, nearest_prototype
+from ._core import (
+    LabelStore,
+    ProtofastError,
+    _int,
+    _labels,
+    as_matrix,
+    kmeans,
+    nearest_prototype,
+)
 
 __all__ = ["PrototypeLogits", "PrototypeManager"]
 
@@ -220,7 +228,8 @@ class PrototypeManager:
         if self._deferred(emb.device):
             ids = self._accumulate(labels, emb)
         else:
-            ids = self.store.add(labels, emb)
+            # labels are checked: skip the store's second check
+            ids = self.store._inner.add(labels, as_matrix(emb, "embeddings"))
         self._last_labels, self._last_ids = list(labels), ids
         self.num_batches += 1
         if self.num_batches % self.update_interval == 0:

@@ -100,15 +100,18 @@ def check_label_types(label_texts: Sequence[str]) -> None:
 def _index_checked_labels(
     label_texts: Sequence[str],
 ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`index_label_arrays` for labels already checked by :func:`check_label_types`.
+    """:func:`index_label_arrays` for a sequence that is not a bare string.
 
-    Grouped by the compiled core (one hash per label); labels it cannot take as UTF-8
-    (lone surrogates) are grouped in Python, with the same result.
+    Grouped by the compiled core (one hash per label), which only takes ``str`` labels;
+    when it refuses them, the labels are type-checked (:func:`check_label_types` raises
+    ``TypeError`` on a non-``str``) and, if they are all ``str`` (lone surrogates have no
+    UTF-8 form), grouped in Python with the same result.
     """
     texts = label_texts if type(label_texts) is list else list(label_texts)
     try:
         first, inverse, counts = group_labels_raw(texts)
     except (TypeError, UnicodeError):
+        check_label_types(texts)  # a label that is not a str raises here
         return _index_labels_python(texts)
     return [texts[i] for i in first.tolist()], inverse, counts, first
 
