@@ -595,10 +595,12 @@ class InfoNCELoss(nn.Module):
                 targets.add_diagonal(w_proto, w_proto)
             else:
                 logits_t, clusters_t, one_hot = factored
-                logits = logits_t.detach().to(torch.float32).contiguous().numpy()
-                clusters = clusters_t.numpy()
+                # CPU tensors from protofast's manager; another manager's go there first
+                logits = logits_t.detach().to("cpu", torch.float32).contiguous().numpy()
+                clusters = clusters_t.cpu().numpy()
                 mass += w_proto
                 if one_hot is not None:  # these rows' mass moves to the diagonal
+                    one_hot = one_hot.cpu()
                     clusters = np.where(one_hot.numpy(), -1, clusters)
                     assert targets.ids is not None
                     per_sample = one_hot.index_select(0, targets.ids).to(torch.float32)
