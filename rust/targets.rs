@@ -50,7 +50,7 @@ pub struct LabelTargets {
     /// column of label `b`.
     pub part: Vec<f32>,
     /// Mean off-diagonal similarity `e_i · e_j` over the batch's samples
-    /// (`i ≠ j`), when asked for and there are pairwise targets.
+    /// (`i ≠ j`), when asked for.
     pub semantic: Option<f64>,
 }
 

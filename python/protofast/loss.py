@@ -22,7 +22,7 @@ the same target matrix. Queue entries are extra negatives with zero target.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -158,6 +158,17 @@ class _Targets:
         """Adds ``weight`` (a scalar or a ``(B,)`` tensor) to the diagonal."""
         self.diagonal = self.diagonal + weight
         self.mass += mass
+
+    def add_unclustered(
+        self, one_hot: Tensor, weight: float, *, per_label: bool, dtype: torch.dtype
+    ) -> None:
+        """Moves the prototype mass ``weight`` of the rows that have no prototype
+        (``one_hot``: a bool per distinct label when ``per_label``, else per sample) to the
+        diagonal; their row mass is already counted with the prototype part."""
+        if per_label:
+            assert self.ids is not None
+            one_hot = one_hot.index_select(0, self.ids)
+        self.add_diagonal(weight * one_hot.to(dtype), 0.0)
 
     def _gather(self, label_matrix: Tensor) -> Tensor:
         assert self.ids is not None
@@ -523,7 +534,7 @@ class InfoNCELoss(nn.Module):
             and label_emb.device.type == "cpu"
             and label_emb.dtype == torch.float32
             and label_emb.shape[0] ** 2 * label_emb.shape[1] <= _CORE_TARGETS_WORK
-            and self._factored_or_none() is not False
+            and (not self.use_prototypes or self._prototype_logits_fn() is not None)
         ):
             assert index is not None
             semantic = self._compiled_label_targets(targets, index, label_emb, want_semantic)
@@ -562,13 +573,11 @@ class InfoNCELoss(nn.Module):
             self._add_prototype_targets(targets, label_texts, index, text, label_emb, w_proto)
         return targets, ids, semantic
 
-    def _factored_or_none(self) -> Any:
-        """The manager's ``prototype_logits`` method; ``None`` without prototype targets,
-        ``False`` when the manager only gives ``B x B`` matrices."""
-        if not self.use_prototypes:
-            return None
+    def _prototype_logits_fn(self) -> Callable[..., Any] | None:
+        """The manager's ``prototype_logits`` method (factored prototype targets); ``None``
+        when there is no manager or it only gives ``B x B`` matrices."""
         factored_fn = getattr(self.prototype_manager, "prototype_logits", None)
-        return factored_fn if callable(factored_fn) else False
+        return factored_fn if callable(factored_fn) else None
 
     def _compiled_label_targets(
         self, targets: _Targets, index: _BatchLabels, label_emb: Tensor, want_semantic: bool
@@ -586,7 +595,7 @@ class InfoNCELoss(nn.Module):
             targets.add_diagonal(w_hard, w_hard)
         mass = hard + w_pair
         logits = clusters = None
-        factored_fn = self._factored_or_none()
+        factored_fn = self._prototype_logits_fn() if self.use_prototypes else None
         if factored_fn is not None:
             factored = factored_fn(
                 index.labels, label_emb, temperature=self.soft_target_temperature
@@ -602,9 +611,7 @@ class InfoNCELoss(nn.Module):
                 if one_hot is not None:  # these rows' mass moves to the diagonal
                     one_hot = one_hot.cpu()
                     clusters = np.where(one_hot.numpy(), -1, clusters)
-                    assert targets.ids is not None
-                    per_sample = one_hot.index_select(0, targets.ids).to(torch.float32)
-                    targets.add_diagonal(w_proto * per_sample, 0.0)
+                    targets.add_unclustered(one_hot, w_proto, per_label=True, dtype=torch.float32)
         part, semantic = label_targets_raw(
             label_emb.contiguous().numpy(),
             index.counts.astype(np.float32),
@@ -636,8 +643,8 @@ class InfoNCELoss(nn.Module):
         give the ``B x B`` matrix of ``get_prototype_targets``.
         """
         batch, device, dtype = text.shape[0], text.device, text.dtype
-        factored_fn = getattr(self.prototype_manager, "prototype_logits", None)
-        if not callable(factored_fn):
+        factored_fn = self._prototype_logits_fn()
+        if factored_fn is None:
             source = text
             if self._target_matrix is not None and label_emb is not None:
                 assert targets.ids is not None
@@ -669,10 +676,7 @@ class InfoNCELoss(nn.Module):
         matrix = rows.index_select(0, clusters)  # one row per label / sample
         if one_hot is not None:  # these rows move to the diagonal
             matrix.masked_fill_(one_hot[:, None], 0.0)
-            if per_label:
-                assert targets.ids is not None
-                one_hot = one_hot.index_select(0, targets.ids)
-            targets.add_diagonal(weight * one_hot.to(dtype), 0.0)
+            targets.add_unclustered(one_hot, weight, per_label=per_label, dtype=dtype)
         if per_label:
             targets.add_label_part(matrix, weight)
         else:
