@@ -41,6 +41,30 @@ pub fn group<S: AsRef<str>>(labels: &[S]) -> Grouping {
     g
 }
 
+/// Groups a batch by the store ids of its labels (one id per sample), in
+/// order of first appearance: the same [`Grouping`] as [`group`] on the
+/// labels themselves, since the store gives equal labels equal ids, without
+/// hashing the strings a second time.
+pub fn group_ids(ids: &[u32]) -> Grouping {
+    let mut numbers: HashMap<u32, i64> = HashMap::with_capacity(ids.len());
+    let mut g = Grouping {
+        first: Vec::new(),
+        inverse: Vec::with_capacity(ids.len()),
+        counts: Vec::new(),
+    };
+    for (i, &id) in ids.iter().enumerate() {
+        let next = g.first.len() as i64;
+        let number = *numbers.entry(id).or_insert(next);
+        if number == next {
+            g.first.push(i as i64);
+            g.counts.push(0);
+        }
+        g.counts[number as usize] += 1;
+        g.inverse.push(number);
+    }
+    g
+}
+
 /// Whether every row of the row-major `rows` (rows of `d` values) equals,
 /// element by element (`==`, so `-0.0 == 0.0` and a NaN matches nothing, not
 /// even itself), the row `first[inverse[i]]` of its label. Stops comparing at
@@ -98,6 +122,14 @@ mod tests {
         assert!(empty.first.is_empty() && empty.inverse.is_empty() && empty.counts.is_empty());
         let one = group(&["x"; 4]);
         assert_eq!((one.first, one.counts), (vec![0], vec![4]));
+    }
+
+    #[test]
+    fn grouping_by_ids_equals_grouping_by_labels() {
+        let labels = ["b", "a", "b", "c", "a", "b"];
+        let ids = [7u32, 2, 7, 0, 2, 7];
+        assert_eq!(group_ids(&ids), group(&labels));
+        assert!(group_ids(&[]).first.is_empty());
     }
 
     #[test]

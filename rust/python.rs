@@ -193,7 +193,11 @@ type Grouping<'py> = (
 /// see `protofast.targets.index_label_arrays`. Small work: the GIL is kept.
 #[pyfunction]
 fn group_labels_raw<'py>(py: Python<'py>, labels: Vec<PyBackedStr>) -> Grouping<'py> {
-    let g = labels::group(&labels);
+    grouping_to_py(py, labels::group(&labels))
+}
+
+/// A [`labels::Grouping`] as numpy arrays.
+fn grouping_to_py(py: Python<'_>, g: labels::Grouping) -> Grouping<'_> {
     (
         g.first.into_pyarray(py),
         g.inverse.into_pyarray(py),
@@ -238,10 +242,12 @@ fn rows_match_of<T: numpy::Element + Copy + PartialEq>(
 
 /// The `L × L` target part of a batch's distinct labels (hard, pairwise and
 /// prototype parts weighted and added) and, when asked, the mean
-/// off-diagonal label similarity; see `rust/targets.rs`. Small work: the GIL
-/// is kept.
+/// off-diagonal label similarity; see `rust/targets.rs`. With `first` and
+/// `inverse`, `emb` holds the batch's `B` rows: they are checked first
+/// (`None` when a row differs from its label's first row), then the
+/// distinct labels' rows are used. Small work: the GIL is kept.
 #[pyfunction]
-#[pyo3(signature = (emb, counts, *, hard, pairwise, inv_temperature, logits=None, clusters=None, prototype=0.0, want_semantic=false))]
+#[pyo3(signature = (emb, counts, *, hard, pairwise, inv_temperature, logits=None, clusters=None, prototype=0.0, want_semantic=false, first=None, inverse=None))]
 #[allow(clippy::too_many_arguments)]
 fn label_targets_raw<'py>(
     py: Python<'py>,
@@ -254,7 +260,9 @@ fn label_targets_raw<'py>(
     clusters: Option<PyReadonlyArray1<'py, i64>>,
     prototype: f32,
     want_semantic: bool,
-) -> PyResult<(Bound<'py, PyArray2<f32>>, Option<f64>)> {
+    first: Option<PyReadonlyArray1<'py, i64>>,
+    inverse: Option<PyReadonlyArray1<'py, i64>>,
+) -> PyResult<Option<(Bound<'py, PyArray2<f32>>, Option<f64>)>> {
     let (emb, _, d) = matrix(&emb);
     let counts = vector(&counts);
     let proto = match (&logits, &clusters) {
@@ -275,9 +283,22 @@ fn label_targets_raw<'py>(
             clusters: cl,
         }),
     };
-    let out = targets::label_targets(&emb, d, &counts, &blend, want_semantic)?;
+    let out = match (&first, &inverse) {
+        (Some(f), Some(i)) => {
+            let (f, i) = (vector(f), vector(i));
+            targets::batch_label_targets(&emb, d, &f, &i, &counts, &blend, want_semantic)?
+        }
+        (None, None) => Some(targets::label_targets(
+            &emb,
+            d,
+            &counts,
+            &blend,
+            want_semantic,
+        )?),
+        _ => return Err(Error::invalid("first", "first and inverse go together").into()),
+    };
     let l = counts.len();
-    Ok((to_matrix(py, out.part, l, l), out.semantic))
+    Ok(out.map(|t| (to_matrix(py, t.part, l, l), t.semantic)))
 }
 
 /// Sets the number of threads of protofast's pool (≥ 1).
@@ -334,6 +355,46 @@ impl PyLabelStore {
         }
         let ids = py.detach(|| self.lock().add(&labels, &data, dim))?;
         Ok(ids_to_py(py, ids))
+    }
+
+    /// `add`, then the batch grouped by store id: `(ids, first, inverse,
+    /// counts)` in one call.
+    fn add_grouped<'py>(
+        &self,
+        py: Python<'py>,
+        labels: Vec<PyBackedStr>,
+        embeddings: PyReadonlyArray2<'py, f32>,
+    ) -> PyResult<(Bound<'py, PyArray1<i64>>, Grouping<'py>)> {
+        let (data, rows, dim) = matrix(&embeddings);
+        if rows != labels.len() {
+            return Err(Error::shape(
+                "embeddings",
+                format!("{} rows (one per label)", labels.len()),
+                format!("{rows} rows"),
+            )
+            .into());
+        }
+        let (ids, g) = py.detach(|| -> Result<_, Error> {
+            let ids = self.lock().add(&labels, &data, dim)?;
+            let g = labels::group_ids(&ids);
+            Ok((ids, g))
+        })?;
+        Ok((ids_to_py(py, ids), grouping_to_py(py, g)))
+    }
+
+    /// `intern`, then the batch grouped by store id: `(ids, first, inverse,
+    /// counts)` in one call.
+    fn intern_grouped<'py>(
+        &self,
+        py: Python<'py>,
+        labels: Vec<PyBackedStr>,
+    ) -> PyResult<(Bound<'py, PyArray1<i64>>, Grouping<'py>)> {
+        let (ids, g) = py.detach(|| -> Result<_, Error> {
+            let ids = self.lock().intern(&labels)?;
+            let g = labels::group_ids(&ids);
+            Ok((ids, g))
+        })?;
+        Ok((ids_to_py(py, ids), grouping_to_py(py, g)))
     }
 
     fn intern<'py>(

@@ -136,6 +136,53 @@ pub fn label_targets(
     Ok(LabelTargets { part, semantic })
 }
 
+/// [`label_targets`] of a batch given by its `B × d` rows (one per sample)
+/// and its grouping: `None` when some row differs from the row of its
+/// label's first sample (the targets then depend on more than the labels,
+/// and the caller builds them per sample), else the targets of the distinct
+/// labels' rows. One call checks and builds, so the loss's per-label step
+/// is one trip to the core.
+///
+/// # Errors
+/// As [`crate::labels::rows_match`] and [`label_targets`].
+pub fn batch_label_targets(
+    rows: &[f32],
+    d: usize,
+    first: &[i64],
+    inverse: &[i64],
+    counts: &[f32],
+    blend: &Blend<'_>,
+    want_semantic: bool,
+) -> Result<Option<LabelTargets>> {
+    if first.len() != counts.len() {
+        return Err(Error::shape(
+            "first",
+            format!("{} entries (one per count)", counts.len()),
+            format!("{}", first.len()),
+        ));
+    }
+    let n = inverse.len();
+    let starts = first
+        .iter()
+        .enumerate()
+        .map(|(i, &f)| {
+            usize::try_from(f)
+                .ok()
+                .filter(|&f| f < n)
+                .ok_or_else(|| Error::invalid("first", format!("entry {i} is out of range")))
+        })
+        .collect::<Result<Vec<usize>>>()?;
+    if !crate::labels::rows_match(rows, d, first, inverse)? {
+        return Ok(None);
+    }
+    // rows_match checked that `rows` holds n rows of d values; starts are < n
+    let mut emb = Vec::with_capacity(first.len() * d);
+    for f in starts {
+        emb.extend_from_slice(&rows[f * d..(f + 1) * d]);
+    }
+    label_targets(&emb, d, counts, blend, want_semantic).map(Some)
+}
+
 /// In place: `x_b ← weight · exp(x_b − m) / Σ_j c_j·exp(x_j − m)` with
 /// `m = max x`.
 fn spread_softmax(x: &mut [f32], counts: &[f32], weight: f32) {
@@ -327,5 +374,41 @@ mod tests {
         };
         let got = label_targets(&emb, 2, &[1.0, 1.0], &blend, false).unwrap();
         assert!(got.part.iter().all(|v| v.is_nan()));
+    }
+
+    #[test]
+    fn batch_targets_check_rows_then_build_from_first_rows() {
+        let g = crate::labels::group(&["a", "b", "a"]);
+        let counts: Vec<f32> = g.counts.iter().map(|&c| c as f32).collect();
+        let blend = Blend {
+            hard: 0.25,
+            pairwise: 0.75,
+            inv_temperature: 2.0,
+            ..Blend::default()
+        };
+        let rows = [1.0f32, 0.0, 0.0, 1.0, 1.0, 0.0];
+        let got = batch_label_targets(&rows, 2, &g.first, &g.inverse, &counts, &blend, true)
+            .unwrap()
+            .unwrap();
+        let distinct = [1.0f32, 0.0, 0.0, 1.0];
+        assert_eq!(
+            got,
+            label_targets(&distinct, 2, &counts, &blend, true).unwrap()
+        );
+        let differ = [1.0f32, 0.0, 0.0, 1.0, 1.0, 0.5];
+        assert!(
+            batch_label_targets(&differ, 2, &g.first, &g.inverse, &counts, &blend, false)
+                .unwrap()
+                .is_none()
+        );
+        // a first row out of range, even one no sample refers to, is an error
+        let first = [0i64, 1, 9];
+        let counts3 = [2.0f32, 1.0, 1.0];
+        assert!(
+            batch_label_targets(&rows, 2, &first, &g.inverse, &counts3, &blend, false).is_err()
+        );
+        assert!(
+            batch_label_targets(&rows, 2, &g.first, &g.inverse, &[1.0], &blend, false).is_err()
+        );
     }
 }
