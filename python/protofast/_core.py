@@ -16,7 +16,12 @@ from typing import Any, Literal
 import numpy as np
 
 from . import _protofast
-from ._protofast import ProtofastError
+from ._protofast import (  # the batch kernels of protofast.targets, handed on as they are
+    ProtofastError,
+    group_labels_raw,
+    label_targets_raw,
+    rows_match_raw,
+)
 
 __all__ = [
     "KMeansResult",
@@ -24,8 +29,11 @@ __all__ = [
     "ProtofastError",
     "as_matrix",
     "get_num_threads",
+    "group_labels_raw",
     "kmeans",
+    "label_targets_raw",
     "nearest_prototype",
+    "rows_match_raw",
     "set_num_threads",
 ]
 
@@ -325,6 +333,42 @@ class LabelStore:
             TypeError: ``labels`` is not a sequence of str.
         """
         return self._inner.intern(_labels(labels))
+
+    def add_grouped(
+        self, labels: Sequence[str], embeddings: Any
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`add`, and the batch grouped by label, in one call.
+
+        Args:
+            labels: ``B`` label strings.
+            embeddings: ``(B, D)`` embeddings, row i belonging to ``labels[i]``.
+
+        Returns:
+            ``(ids, first, inverse, counts)``, int64: the ``(B,)`` ids of the labels, and the
+            batch's distinct labels in order of first appearance (as
+            :func:`protofast.targets.group_labels`): the first sample of each, the number of
+            each sample's label and the samples per label.
+
+        Raises:
+            TypeError: As :meth:`add`.
+            ProtofastError: As :meth:`add`; the store is left unchanged.
+        """
+        ids, (first, inverse, counts) = self._inner.add_grouped(
+            _labels(labels), as_matrix(embeddings, "embeddings")
+        )
+        return ids, first, inverse, counts
+
+    def intern_grouped(
+        self, labels: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`intern`, and the batch grouped by label (as :meth:`add_grouped`), in one
+        call.
+
+        Raises:
+            TypeError: ``labels`` is not a sequence of str.
+        """
+        ids, (first, inverse, counts) = self._inner.intern_grouped(_labels(labels))
+        return ids, first, inverse, counts
 
     def lookup(self, labels: Sequence[str]) -> np.ndarray:
         """Ids of ``labels`` without changing the store.

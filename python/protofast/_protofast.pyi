@@ -62,7 +62,9 @@ def label_targets_raw(
     clusters: npt.NDArray[np.int64] | None = None,
     prototype: float = 0.0,
     want_semantic: bool = False,
-) -> tuple[npt.NDArray[np.float32], float | None]: ...
+    first: npt.NDArray[np.int64] | None = None,
+    inverse: npt.NDArray[np.int64] | None = None,
+) -> tuple[npt.NDArray[np.float32], float | None] | None: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
 
@@ -72,6 +74,18 @@ class LabelStore:
     def add(
         self, labels: list[str], embeddings: npt.NDArray[np.float32]
     ) -> npt.NDArray[np.int64]: ...
+    def add_grouped(
+        self, labels: list[str], embeddings: npt.NDArray[np.float32]
+    ) -> tuple[
+        npt.NDArray[np.int64],
+        tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]],
+    ]: ...
+    def intern_grouped(
+        self, labels: list[str]
+    ) -> tuple[
+        npt.NDArray[np.int64],
+        tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]],
+    ]: ...
     def intern(self, labels: list[str]) -> npt.NDArray[np.int64]: ...
     def lookup(self, labels: list[str]) -> npt.NDArray[np.int64]: ...
     def add_sums(

@@ -23,15 +23,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._core import (
-    LabelStore,
-    ProtofastError,
-    _int,
-    _labels,
-    as_matrix,
-    kmeans,
-    nearest_prototype,
+from ._checks import (
+    check_bool,
+    check_choice,
+    check_embeddings,
+    check_int,
+    check_labels,
+    check_nonnegative,
+    check_positive,
 )
+from ._core import LabelStore, ProtofastError, kmeans, nearest_prototype
+from .targets import BatchLabels
 
 __all__ = ["PrototypeLogits", "PrototypeManager"]
 
@@ -40,25 +42,6 @@ logger = logging.getLogger("protofast")
 STATE_VERSION = 1
 Unseen = Literal["nearest", "one_hot"]
 Ingest = Literal["auto", "direct", "deferred"]
-
-
-def _check_embeddings(text_embeddings: Any, n: int) -> Tensor:
-    if not isinstance(text_embeddings, Tensor):
-        raise TypeError(
-            f"text_embeddings: expected a torch.Tensor, got {type(text_embeddings).__name__}"
-        )
-    if text_embeddings.dim() != 2:
-        raise ValueError(
-            f"text_embeddings: expected a 2-D (B, D) tensor, got shape "
-            f"{tuple(text_embeddings.shape)}"
-        )
-    if not text_embeddings.dtype.is_floating_point:
-        raise TypeError(f"text_embeddings: expected a float tensor, got {text_embeddings.dtype}")
-    if text_embeddings.shape[0] != n:
-        raise ValueError(
-            f"text_embeddings: expected {n} rows (one per label), got {text_embeddings.shape[0]}"
-        )
-    return text_embeddings
 
 
 def _to_device(array: np.ndarray, device: torch.device) -> Tensor:
@@ -75,7 +58,9 @@ class PrototypeLogits(NamedTuple):
     Row ``i`` of the ``(n, n)`` prototype targets is ``softmax(logits[clusters[i]])``, except
     rows flagged in ``one_hot``, which are the one-hot row ``i``. ``logits`` has only ``k``
     distinct rows, so consumers can combine the softmax with their own column weights and
-    gather afterwards instead of building ``n x n`` matrices.
+    gather afterwards instead of building ``n x n`` matrices. Before the first clustering
+    ``logits`` has no rows and every row is one-hot (the targets are the identity): one form,
+    whatever the state, so rows without a prototype are handled in one place.
 
     Attributes:
         logits: ``(k, n)`` ``prototypes @ text_embeddings.T / temperature`` on the embeddings'
@@ -89,6 +74,83 @@ class PrototypeLogits(NamedTuple):
     logits: Tensor
     clusters: Tensor
     one_hot: Tensor | None
+
+
+class _DeviceSums:
+    """Deferred ingest: per-label sums on the embeddings' device and sample counts on the
+    host, moved into the store at re-clustering, so that steps that do not re-cluster never
+    synchronise with the device."""
+
+    def __init__(self) -> None:
+        self.sums: Tensor | None = None  # (capacity, D) float32, rows indexed by store id
+        # label occurrences are known on the host, so counting them there costs no sync
+        self.counts: np.ndarray | None = None
+
+    @property
+    def dim(self) -> int | None:
+        return None if self.sums is None else self.sums.shape[1]
+
+    def total(self) -> int:
+        """Samples accumulated and not yet moved to the store."""
+        return 0 if self.counts is None else int(self.counts.sum())
+
+    def add(self, ids: np.ndarray, device_ids: Tensor, emb: Tensor, num_labels: int) -> None:
+        """Adds the rows of ``emb`` to the sums of store ids ``ids`` (``device_ids`` on the
+        device); ``num_labels`` is the store's size, which the capacity must cover."""
+        if self.sums is None or self.sums.shape[0] < num_labels:
+            old = 0 if self.sums is None else self.sums.shape[0]
+            cap = max(num_labels, 2 * old, 64)
+            sums = torch.zeros(cap, emb.shape[1], dtype=torch.float32, device=emb.device)
+            counts = np.zeros(cap, dtype=np.int64)
+            if self.sums is not None:
+                assert self.counts is not None
+                sums[:old] = self.sums
+                counts[:old] = self.counts
+            self.sums, self.counts = sums, counts
+        assert self.counts is not None
+        np.add.at(self.counts, ids, 1)
+        self.sums.index_add_(0, device_ids, emb.float())
+
+    def flush(self, store: LabelStore) -> None:
+        """Moves the sums into ``store`` (synchronises) and zeroes them."""
+        if self.sums is None:
+            return
+        assert self.counts is not None
+        n = len(store)
+        counts = self.counts[:n]
+        sums = self.sums[:n].cpu().numpy()
+        ids = np.flatnonzero(counts)
+        if len(ids):
+            store.add_sums(ids, sums[ids], counts[ids])
+        self.sums.zero_()
+        self.counts[:] = 0
+
+    def state(self) -> dict[str, Tensor] | None:
+        if self.sums is None:
+            return None
+        assert self.counts is not None
+        return {"sum": self.sums.cpu(), "count": torch.from_numpy(self.counts.copy())}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None, device: torch.device) -> _DeviceSums:
+        sums = cls()
+        if state is not None:
+            sums.sums = state["sum"].to(device)
+            sums.counts = state["count"].cpu().numpy().astype(np.int64)
+        return sums
+
+
+class _Batch(NamedTuple):
+    """The last :meth:`PrototypeManager.add_labels` batch, keyed by its store ids: the loss
+    asks for the targets of the very batch that was just added, which then needs neither a
+    second grouping nor a second lookup."""
+
+    labels: list[str]
+    ids: np.ndarray  # (B,) store id of each sample
+    grouping: BatchLabels
+    # (num_updates, device cluster ids, host cluster ids) of the samples when the batch came
+    # while prototypes existed (sent with the ids in one transfer); valid until re-clustering
+    clusters: tuple[int, Tensor, np.ndarray] | None
 
 
 class PrototypeManager:
@@ -143,28 +205,23 @@ class PrototypeManager:
         unseen: Unseen = "nearest",
         ingest: Ingest = "auto",
     ) -> None:
-        self.num_clusters = _int("num_clusters", num_clusters, 1)
-        self.update_interval = _int("update_interval", update_interval, 1)
-        self.min_samples_per_cluster = _int("min_samples_per_cluster", min_samples_per_cluster, 1)
-        self.seed = _int("seed", seed, 0, 2**63 - 1)
-        self.n_init = _int("n_init", n_init, 1)
-        self.max_iter = _int("max_iter", max_iter, 1)
-        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or tol < 0:
-            raise ValueError(f"tol: expected a float >= 0, got {tol!r}")
-        self.tol = float(tol)
-        if not isinstance(spherical, bool):
-            raise TypeError(f"spherical: expected a bool, got {type(spherical).__name__}")
-        self.spherical = spherical
-        if unseen not in ("nearest", "one_hot"):
-            raise ValueError(f"unseen: expected 'nearest' or 'one_hot', got {unseen!r}")
-        self.unseen: Unseen = unseen
-        if ingest not in ("auto", "direct", "deferred"):
-            raise ValueError(f"ingest: expected 'auto', 'direct' or 'deferred', got {ingest!r}")
+        self.num_clusters = check_int("num_clusters", num_clusters, 1)
+        self.update_interval = check_int("update_interval", update_interval, 1)
+        self.min_samples_per_cluster = check_int(
+            "min_samples_per_cluster", min_samples_per_cluster, 1
+        )
+        self.seed = check_int("seed", seed, 0, 2**63 - 1)
+        self.n_init = check_int("n_init", n_init, 1)
+        self.max_iter = check_int("max_iter", max_iter, 1)
+        self.tol = check_nonnegative("tol", tol)
+        self.spherical = check_bool("spherical", spherical)
+        self.unseen: Unseen = check_choice("unseen", unseen, ("nearest", "one_hot"))
+        self.ingest: Ingest = check_choice("ingest", ingest, ("auto", "direct", "deferred"))
         if ingest == "deferred" and max_samples_per_label is not None:
             raise ValueError(
-                "ingest: 'deferred' needs the running mean (max_samples_per_label=None)"
+                "ingest must be 'auto' or 'direct' with a window store "
+                "(max_samples_per_label); 'deferred' needs the running mean"
             )
-        self.ingest: Ingest = ingest
         self.device = None if device is None else torch.device(device)
         self.store = LabelStore(max_samples_per_label)
 
@@ -178,18 +235,9 @@ class PrototypeManager:
         # the cluster of each store id at the last clustering, then a trailing -1:
         # the cluster of any id (-1 for ids the clustering did not see) in one gather
         self._cluster_table = np.full(1, -1, dtype=np.int64)
-        self._pending_sum: Tensor | None = None
-        # per-id sample counts of the pending sums: label occurrences are known on the
-        # host, so counting them there costs the device nothing
-        self._pending_count: np.ndarray | None = None
+        self._pending = _DeviceSums()
         self._warned_not_ready = False
-        # labels of the last add_labels call and their store ids: the loss usually asks for
-        # targets of the very batch that was just added, which then needs no second lookup
-        self._last_labels: list[str] | None = None
-        self._last_ids: np.ndarray | None = None
-        # (num_updates, device cluster ids, host cluster ids) of the last add_labels batch,
-        # sent with its store ids in one transfer; valid until the next re-clustering
-        self._last_clusters: tuple[int, Tensor, np.ndarray] | None = None
+        self._batch: _Batch | None = None  # the last add_labels batch
         # (key, prototypes / temperature in the embeddings' dtype and device)
         self._scaled: tuple[tuple[Any, ...], Tensor] | None = None
 
@@ -220,17 +268,16 @@ class PrototypeManager:
             ValueError: Length or dimension mismatch, or non-finite values
                 (the store and the call counter are then unchanged).
         """
-        labels = _labels(label_texts, "label_texts")
-        emb = _check_embeddings(text_embeddings, len(labels)).detach()
+        labels = check_labels("label_texts", label_texts)
+        emb = check_embeddings("text_embeddings", text_embeddings, len(labels)).detach()
         if self.device is None:
             self.device = emb.device
-        self._last_labels = self._last_ids = self._last_clusters = None
+        self._batch = None
         if self._deferred(emb.device):
-            ids = self._accumulate(labels, emb)
+            self._batch = self._accumulate(labels, emb)
         else:
-            # labels are checked: skip the store's second check
-            ids = self.store._inner.add(labels, as_matrix(emb, "embeddings"))
-        self._last_labels, self._last_ids = list(labels), ids
+            ids, *grouping = self.store.add_grouped(labels, emb)
+            self._batch = self._remember(labels, ids, grouping, None)
         self.num_batches += 1
         if self.num_batches % self.update_interval == 0:
             if len(self.store) >= self.min_unique_labels:
@@ -246,11 +293,20 @@ class PrototypeManager:
                     self.min_samples_per_cluster,
                 )
 
-    def _accumulate(self, labels: list[str], emb: Tensor) -> np.ndarray:
-        """Adds a batch to the device-side sums; returns the labels' store ids."""
-        dim = self.store.dim
-        if dim is None and self._pending_sum is not None:
-            dim = self._pending_sum.shape[1]
+    @staticmethod
+    def _remember(
+        labels: list[str],
+        ids: np.ndarray,
+        grouping: Sequence[np.ndarray],
+        clusters: tuple[int, Tensor, np.ndarray] | None,
+    ) -> _Batch:
+        first, inverse, counts = grouping
+        distinct = BatchLabels([labels[i] for i in first.tolist()], inverse, counts, first)
+        return _Batch(list(labels), ids, distinct, clusters)
+
+    def _accumulate(self, labels: list[str], emb: Tensor) -> _Batch:
+        """Adds a batch to the device-side sums; returns it as the last batch."""
+        dim = self.store.dim if self.store.dim is not None else self._pending.dim
         if dim is not None and emb.shape[1] != dim:
             raise ProtofastError(
                 f"embeddings: expected {dim} columns (the store's dimension), got {emb.shape[1]}"
@@ -259,44 +315,33 @@ class PrototypeManager:
         # when the sums reach the store at the next re-clustering.
         if emb.device.type == "cpu" and not bool(torch.isfinite(emb).all()):
             raise ProtofastError("embeddings: contains a non-finite value (NaN or inf)")
-        ids = self.store._inner.intern(labels)  # labels are checked: skip a second check
-        n = len(self.store)
-        if self._pending_sum is None or self._pending_sum.shape[0] < n:
-            cap = max(n, 2 * (0 if self._pending_sum is None else self._pending_sum.shape[0]), 64)
-            new_sum = torch.zeros(cap, emb.shape[1], dtype=torch.float32, device=emb.device)
-            new_count = np.zeros(cap, dtype=np.int64)
-            if self._pending_sum is not None:
-                assert self._pending_count is not None
-                old = self._pending_sum.shape[0]
-                new_sum[:old] = self._pending_sum
-                new_count[:old] = self._pending_count
-            self._pending_sum, self._pending_count = new_sum, new_count
-        assert self._pending_count is not None
-        np.add.at(self._pending_count, ids, 1)
+        ids, *grouping = self.store.intern_grouped(labels)
+        clusters = None
         if self.is_initialized:
             # the loss will ask for this batch's clusters: send them with the ids
-            clusters = self._host_clusters(ids)
-            packed = _to_device(np.concatenate([ids, clusters]), emb.device)
-            idx = packed[: len(ids)]
-            self._last_clusters = (self.num_updates, packed[len(ids) :], clusters)
+            host = self._host_clusters(ids)
+            packed = _to_device(np.concatenate([ids, host]), emb.device)
+            device_ids = packed[: len(ids)]
+            clusters = (self.num_updates, packed[len(ids) :], host)
         else:
-            idx = _to_device(ids, emb.device)
-        self._pending_sum.index_add_(0, idx, emb.float())
-        return ids
+            device_ids = _to_device(ids, emb.device)
+        self._pending.add(ids, device_ids, emb, len(self.store))
+        return self._remember(labels, ids, grouping, clusters)
 
-    def _flush(self) -> None:
-        """Moves device-side sums into the Rust store (synchronises)."""
-        if self._pending_sum is None:
-            return
-        assert self._pending_count is not None
-        n = len(self.store)
-        counts = self._pending_count[:n]
-        sums = self._pending_sum[:n].cpu().numpy()
-        ids = np.flatnonzero(counts)
-        if len(ids):
-            self.store.add_sums(ids, sums[ids], counts[ids])
-        self._pending_sum.zero_()
-        self._pending_count[:] = 0
+    def batch_labels(self, label_texts: Sequence[str]) -> BatchLabels | None:
+        """The grouping of the last :meth:`add_labels` batch, if ``label_texts`` is that
+        batch (the loss then groups nothing again); ``None`` otherwise.
+
+        Args:
+            label_texts: A batch's labels.
+
+        Returns:
+            The batch's :class:`protofast.targets.BatchLabels`, or ``None``.
+        """
+        batch = self._batch
+        if batch is None or not (label_texts is batch.labels or label_texts == batch.labels):
+            return None
+        return batch.grouping
 
     # -------------------------------------------------------------- clustering
     def update_prototypes(self) -> bool:
@@ -311,7 +356,7 @@ class PrototypeManager:
             ``True`` if prototypes were updated, ``False`` if fewer than
             ``num_clusters × min_samples_per_cluster`` unique labels were seen.
         """
-        self._flush()
+        self._pending.flush(self.store)
         labels = self.store.labels()
         if len(labels) < self.min_unique_labels:
             logger.info(
@@ -359,14 +404,18 @@ class PrototypeManager:
         logger.debug("[PrototypeManager] k-means inertia %.6g", inertia)
 
     # ----------------------------------------------------------------- targets
-    def _ids(self, labels: list[str]) -> np.ndarray:
-        """Store ids of ``labels`` (-1 if never seen), reusing those of the last
-        :meth:`add_labels` call when the labels are the same."""
-        if self._last_ids is not None and (
-            labels is self._last_labels or labels == self._last_labels
-        ):
-            return self._last_ids
-        return self.store.lookup(labels)
+    def _ids(self, labels: list[str]) -> tuple[np.ndarray, tuple[int, Tensor, np.ndarray] | None]:
+        """Store ids of ``labels`` (-1 if never seen) and, when known, their clusters.
+
+        The last :meth:`add_labels` batch is reused, for its samples or for its distinct
+        labels (the list of its :meth:`batch_labels`), without a second lookup."""
+        batch = self._batch
+        if batch is not None:
+            if labels is batch.grouping.labels:
+                return batch.ids[batch.grouping.first], None
+            if labels is batch.labels or labels == batch.labels:
+                return batch.ids, batch.clusters
+        return self.store.lookup(labels), None
 
     def _clusters(
         self, labels: list[str], emb: Tensor, unseen_rule: Unseen
@@ -375,16 +424,10 @@ class PrototypeManager:
         under ``unseen_rule="one_hot"``), and the host mask of samples whose
         label was not seen at the last clustering."""
         assert self.prototypes is not None
-        ids = self._ids(labels)
-        cached = self._last_clusters
+        ids, cached = self._ids(labels)
         device_clusters: Tensor | None = None
-        if (
-            cached is not None
-            and ids is self._last_ids
-            and cached[0] == self.num_updates
-            and cached[1].device == emb.device
-        ):  # sent with the ids by add_labels
-            device_clusters, clusters = cached[1], cached[2]
+        if cached is not None and cached[0] == self.num_updates and cached[1].device == emb.device:
+            device_clusters, clusters = cached[1], cached[2]  # sent with the ids by add_labels
         else:
             clusters = self._host_clusters(ids)
         unseen = clusters < 0
@@ -446,38 +489,36 @@ class PrototypeManager:
             temperature: Softmax temperature (> 0).
 
         Returns:
-            A :class:`PrototypeLogits`, or ``None`` before the first
-            clustering (the targets are then the identity).
+            A :class:`PrototypeLogits`; before the first clustering its
+            ``logits`` has no rows and every row is one-hot (the identity).
 
         Raises:
             TypeError: Wrong argument types.
             ValueError: Length or dimension mismatch, or ``temperature <= 0``.
         """
-        last = self._last_labels
-        if last is not None and type(label_texts) is list and label_texts == last:
-            labels = last  # checked by add_labels; _ids then reuses its ids
-        else:
-            labels = _labels(label_texts, "label_texts")
-        emb = _check_embeddings(text_embeddings, len(labels)).detach()
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-            raise TypeError(f"temperature: expected a float, got {type(temperature).__name__}")
-        if not temperature > 0:
-            raise ValueError(f"temperature: must be > 0, got {temperature}")
-        if not self.is_initialized or self.prototypes is None:
-            return None
+        labels = check_labels("label_texts", label_texts)
+        emb = check_embeddings("text_embeddings", text_embeddings, len(labels)).detach()
+        temperature = check_positive("temperature", temperature)
+        n, device = len(labels), emb.device
+        dtype = torch.promote_types(emb.dtype, torch.float32)
+        if not self.is_initialized or self.prototypes is None:  # every row one-hot
+            return PrototypeLogits(
+                emb.new_zeros((0, n), dtype=dtype),
+                torch.full((n,), -1, dtype=torch.int64, device=device),
+                torch.ones(n, dtype=torch.bool, device=device),
+            )
         if emb.shape[1] != self.prototypes.shape[1]:
             raise ValueError(
-                f"text_embeddings: expected {self.prototypes.shape[1]} columns "
+                f"text_embeddings must have {self.prototypes.shape[1]} columns "
                 f"(the prototypes' dimension), got {emb.shape[1]}"
             )
         with torch.no_grad():
             clusters, unseen = self._clusters(labels, emb, self.unseen)
-            dtype = torch.promote_types(emb.dtype, torch.float32)
-            scaled = self._scaled_prototypes(emb.device, dtype, temperature)
+            scaled = self._scaled_prototypes(device, dtype, temperature)
             logits = scaled @ emb.to(dtype).T  # (k, n): k distinct rows
             one_hot = None
             if self.unseen == "one_hot" and unseen.any():
-                one_hot = _to_device(unseen, emb.device)
+                one_hot = _to_device(unseen, device)
         return PrototypeLogits(logits, clusters, one_hot)
 
     def get_prototype_targets(
@@ -506,11 +547,10 @@ class PrototypeManager:
             TypeError: Wrong argument types.
             ValueError: Length or dimension mismatch, or ``temperature <= 0``.
         """
-        factored = self.prototype_logits(label_texts, text_embeddings, temperature)
+        logits, clusters, one_hot = self.prototype_logits(label_texts, text_embeddings, temperature)
         b, device = len(text_embeddings), text_embeddings.device
-        if factored is None:
+        if logits.shape[0] == 0:  # not clustered yet: the identity
             return torch.eye(b, device=device, dtype=torch.float32)
-        logits, clusters, one_hot = factored
         with torch.no_grad():
             targets = torch.softmax(logits, dim=1).index_select(0, clusters.clamp_min(0))
             if one_hot is not None:
@@ -533,8 +573,8 @@ class PrototypeManager:
             TypeError: Wrong argument types.
             ValueError: Length mismatch.
         """
-        labels = _labels(label_texts, "label_texts")
-        emb = _check_embeddings(text_embeddings, len(labels)).detach()
+        labels = check_labels("label_texts", label_texts)
+        emb = check_embeddings("text_embeddings", text_embeddings, len(labels)).detach()
         if not self.is_initialized:
             return torch.full((len(labels),), -1, dtype=torch.int64, device=emb.device)
         clusters, _ = self._clusters(labels, emb, "nearest")
@@ -566,9 +606,7 @@ class PrototypeManager:
             ``total_embeddings_accumulated``, ``num_batches``,
             ``store_nbytes`` and ``cluster_sizes``.
         """
-        total = int(self.store.counts().sum())
-        if self._pending_count is not None:
-            total += int(self._pending_count.sum())
+        total = int(self.store.counts().sum()) + self._pending.total()
         return {
             "is_initialized": self.is_initialized,
             "num_unique_labels": len(self.store),
@@ -615,13 +653,6 @@ class PrototypeManager:
             The state dict.
         """
         store = self.store.state()
-        pending = None
-        if self._pending_sum is not None:
-            assert self._pending_count is not None
-            pending = {
-                "sum": self._pending_sum.cpu(),
-                "count": torch.from_numpy(self._pending_count.copy()),
-            }
         return {
             "version": STATE_VERSION,
             "config": self._config(),
@@ -633,7 +664,7 @@ class PrototypeManager:
                 "data": torch.from_numpy(store["data"]),
                 "window_rows": torch.from_numpy(store["window_rows"]),
             },
-            "pending": pending,
+            "pending": self._pending.state(),
             "prototypes": None if self.prototypes is None else self.prototypes.detach().cpu(),
             "cluster_of_id": torch.from_numpy(self._cluster_table[:-1].copy()),
             "counters": {
@@ -672,11 +703,8 @@ class PrototypeManager:
                 raise ValueError("state: prototypes missing or of the wrong shape")
             device = self.device if self.device is not None else torch.device("cpu")
             fresh.prototypes = protos.to(device)
-        pending = state["pending"]
-        if pending is not None:
-            device = self.device if self.device is not None else torch.device("cpu")
-            fresh._pending_sum = pending["sum"].to(device)
-            fresh._pending_count = pending["count"].cpu().numpy().astype(np.int64)
+        device = self.device if self.device is not None else torch.device("cpu")
+        fresh._pending = _DeviceSums.from_state(state["pending"], device)
         fresh._cluster_table = np.append(cluster_of_id, -1)
         seen = labels[: len(cluster_of_id)]
         fresh.label_to_cluster = dict(zip(seen, cluster_of_id.tolist(), strict=True))

@@ -8,17 +8,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._checks import check_embeddings, check_int
+
 __all__ = ["compute_retrieval_metrics"]
 
 _CHUNK_ROWS = 4096
 
 
 def _as_matrix(name: str, value: Any) -> Tensor:
-    tensor = value if isinstance(value, Tensor) else torch.as_tensor(value)
-    if not tensor.dtype.is_floating_point:
-        raise TypeError(f"{name} must have a floating dtype, got {tensor.dtype}")
-    if tensor.dim() != 2 or tensor.shape[0] < 1 or tensor.shape[1] < 1:
-        raise ValueError(f"{name} must be a non-empty 2-D (N x D) array, got {tuple(tensor.shape)}")
+    tensor = check_embeddings(name, value if isinstance(value, Tensor) else torch.as_tensor(value))
+    if tensor.shape[0] < 1 or tensor.shape[1] < 1:
+        raise ValueError(f"{name} must be non-empty, got shape {tuple(tensor.shape)}")
     return tensor
 
 
@@ -75,11 +75,7 @@ def compute_retrieval_metrics(
     ks = list(k_values)
     if not ks:
         raise ValueError("k_values must contain at least one k")
-    for k in ks:
-        if isinstance(k, bool) or not isinstance(k, int):
-            raise TypeError(f"k_values must contain ints, got {k!r}")
-        if k < 1:
-            raise ValueError(f"k_values must be >= 1, got {k}")
+    ks = [check_int("k_values", k, 1) for k in ks]
 
     dtype = torch.promote_types(torch.promote_types(imu.dtype, text.dtype), torch.float32)
     n = imu.shape[0]
