@@ -17,15 +17,16 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import reference as ref  # noqa: E402
-from protofast import PrototypeManager  # noqa: E402
-from protofast.loss import InfoNCELoss, SemanticAlignmentLoss  # noqa: E402
-from protofast.metrics import compute_retrieval_metrics  # noqa: E402
-from protofast.targets import (  # noqa: E402
+from builders import (  # noqa: E402
     blend_targets,
     hard_targets,
     index_labels,
     pairwise_targets,
 )
+from protofast import PrototypeManager  # noqa: E402
+from protofast.loss import InfoNCELoss, SemanticAlignmentLoss  # noqa: E402
+from protofast.metrics import compute_retrieval_metrics  # noqa: E402
+from protofast.targets import Plan, group_labels  # noqa: E402
 
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 LABEL_POOL = ["walking", "running", "sitting", "lying"]
@@ -251,16 +252,28 @@ def test_matches_reference_without_labels(mode_name: str, case: Case) -> None:
 # ---------------------------------------------------------------------- dedup path
 
 
+PER_LABEL = (Plan.LABEL, Plan.LABEL_CORE)
+
+
 class _SpyLoss(InfoNCELoss):
+    """Records the plan of each step's targets (``force_full``: per sample, ``B x B``)."""
+
     def __init__(self, *args: Any, force_full: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.force_full = force_full
-        self.decisions: list[bool] = []
+        self.plans: list[Plan] = []
 
-    def _use_dedup(self, *args: Any) -> bool:
-        decision = False if self.force_full else super()._use_dedup(*args)
-        self.decisions.append(decision)
-        return decision
+    def get_targets(self, *args: Any, **kwargs: Any) -> Any:
+        if self.force_full:
+            kwargs["plan"] = Plan.SAMPLE
+        targets = super().get_targets(*args, **kwargs)
+        self.plans.append(targets.plan)
+        return targets
+
+    @property
+    def decisions(self) -> list[bool]:
+        """Whether each step with a choice took a per-label plan."""
+        return [plan in PER_LABEL for plan in self.plans]
 
 
 @SETTINGS
@@ -287,8 +300,9 @@ def test_dedup_path_equals_full_path(
         loss.backward()
         results.append((loss, metrics, x.grad))
     distinct = len(set(labels))
-    attempted = 2 * distinct * distinct <= batch * batch  # the path pays off only then
-    assert fast.decisions == ([True] if attempted else [])
+    attempted = 2 * distinct * distinct <= batch * batch  # the per-label plans pay off only then
+    assert fast.decisions == [attempted]
+    assert full.plans == [Plan.SAMPLE]
     tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
     (l1, m1, g1), (l2, m2, g2) = results
     torch.testing.assert_close(l1, l2, **tol)
@@ -303,7 +317,7 @@ def test_dedup_path_equals_full_path(
         bumped = text.clone()
         bumped[repeat] += 1e-3
         fast(imu, bumped, labels)
-        assert fast.decisions[-1] is False
+        assert fast.plans[-1] is Plan.SAMPLE
 
 
 @SETTINGS
@@ -345,12 +359,18 @@ def test_index_labels() -> None:
 @SETTINGS
 @given(labels=st.lists(st.text(max_size=4), max_size=40))
 def test_compiled_label_grouping_equals_python(labels: list[str]) -> None:
-    from protofast.targets import _index_checked_labels, _index_labels_python
-
-    got, want = _index_checked_labels(labels), _index_labels_python(labels)
-    assert got[0] == want[0]
+    got = group_labels(labels)
+    position: dict[str, int] = {}
+    inverse = [position.setdefault(label, len(position)) for label in labels]
+    want = (
+        list(position),
+        inverse,
+        [inverse.count(i) for i in range(len(position))],
+        [inverse.index(i) for i in range(len(position))],
+    )
+    assert got.labels == want[0]
     for a, b in zip(got[1:], want[1:], strict=True):
-        assert a.dtype == np.int64 and np.array_equal(a, b)
+        assert a.dtype == np.int64 and a.tolist() == b
 
 
 def test_label_grouping_falls_back_for_labels_not_utf8() -> None:
@@ -370,22 +390,15 @@ def test_dedup_check_handles_layouts_and_nan() -> None:
         (torch.where(torch.arange(4)[:, None] == 3, rows + 1e-3, rows), False),
         (torch.where(torch.arange(4)[:, None] == 1, torch.nan, rows), False),
     ):
-        loss_fn.decisions.clear()
+        loss_fn.plans.clear()
         loss_fn(imu, text, labels)
         assert loss_fn.decisions == [expected]
 
 
-def test_core_builds_only_small_label_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_core_builds_only_small_label_sets() -> None:
     """The core's single-threaded L x L product is only used while L^2 D <= 2^21: a batch of
     80 distinct labels at D = 384 takes the tensor path (still the per-label one)."""
     calls: list[int] = []
-    compiled = InfoNCELoss._compiled_label_targets
-
-    def spy(self: InfoNCELoss, *args: Any) -> Any:
-        calls.append(len(args[1].labels))
-        return compiled(self, *args)
-
-    monkeypatch.setattr(InfoNCELoss, "_compiled_label_targets", spy)
     gen = torch.Generator().manual_seed(3)
     loss_fn = _SpyLoss()
     for distinct, dim in ((80, 384), (72, 384), (80, 300)):
@@ -394,6 +407,8 @@ def test_core_builds_only_small_label_sets(monkeypatch: pytest.MonkeyPatch) -> N
         labels = [f"label {i}" for i in ids.tolist()]
         loss_fn(_normalized(gen, 256, dim).float(), per_label[ids], labels)
         assert loss_fn.decisions[-1] is True  # the per-label path either way
+        if loss_fn.plans[-1] is Plan.LABEL_CORE:
+            calls.append(distinct)
     assert calls == [72, 80]  # 80^2 * 384 > 2^21; 72^2 * 384 and 80^2 * 300 are not
 
 
@@ -594,20 +609,10 @@ def test_real_manager_matches_reference(
 
 @pytest.mark.parametrize("unseen", ["nearest", "one_hot"])
 @pytest.mark.parametrize("mode_name", ["pairwise", "pairwise_label", "hybrid", "hybrid_label"])
-def test_compiled_label_targets_equal_the_tensor_path(
-    unseen: str, mode_name: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_compiled_label_targets_equal_the_tensor_path(unseen: str, mode_name: str) -> None:
     """On the CPU in float32 the per-label targets come from one call of the core; in float64
     the same loss builds them with tensor operations. Both must agree to float32 rounding,
     metrics included, with unseen labels (no prototype row) in the batch."""
-    calls: list[int] = []
-    compiled = InfoNCELoss._compiled_label_targets
-
-    def spy(self: InfoNCELoss, *args: Any) -> Any:
-        calls.append(1)
-        return compiled(self, *args)
-
-    monkeypatch.setattr(InfoNCELoss, "_compiled_label_targets", spy)
     mode, dim = MODES[mode_name], 6
     manager = _clustered_manager(unseen, dim)
     gen = torch.Generator().manual_seed(5)
@@ -615,7 +620,7 @@ def test_compiled_label_targets_equal_the_tensor_path(
     labels = [ACTIVITIES[i] for i in [0, 1, 0, 9, 2, 1, 0, 9, 3, 0, 1, 2, 8, 0, 1, 3]]
     text = torch.stack([per_label[label] for label in labels])
     imu = _normalized(gen, len(labels), dim)
-    loss_fn = InfoNCELoss(
+    loss_fn = _SpyLoss(
         temperature=0.2,
         use_soft_targets=mode.use_soft,
         soft_target_temperature=0.4,
@@ -633,7 +638,7 @@ def test_compiled_label_targets_equal_the_tensor_path(
         loss.backward()
         assert x.grad is not None and metrics is not None
         results.append((loss.double(), x.grad.double(), metrics))
-    assert len(calls) == 1  # float32 only
+    assert loss_fn.plans == [Plan.LABEL_CORE, Plan.LABEL]  # the core in float32 only
     (l32, g32, m32), (l64, g64, m64) = results
     tol = dict(rtol=2e-6, atol=2e-6)
     torch.testing.assert_close(l32, l64, **tol)

@@ -145,7 +145,10 @@ def test_prototype_logits_factor_the_targets(unseen) -> None:
     m = PrototypeManager(num_clusters=3, update_interval=2, min_samples_per_cluster=2)
     m.unseen = unseen
     labels, emb = batch(label_vectors(), 10, seed=3)
-    assert m.prototype_logits(labels, emb) is None  # identity before the first clustering
+    # before the first clustering: no prototype rows, every row one-hot (the identity)
+    logits, clusters, one_hot = m.prototype_logits(labels, emb)
+    assert logits.shape == (0, 10) and (clusters == -1).all() and one_hot is not None
+    assert one_hot.all() and torch.equal(m.get_prototype_targets(labels, emb), torch.eye(10))
     fed(m, 2)
     labels = [lbl if i % 4 else f"unseen {i}" for i, lbl in enumerate(labels)]
     logits, clusters, one_hot = m.prototype_logits(labels, emb, temperature=0.3)
@@ -174,10 +177,13 @@ def test_ids_of_the_last_batch_are_reused_only_for_the_same_labels() -> None:
     torch.testing.assert_close(
         m.get_prototype_targets(labels, emb), reference_targets(m, labels, emb, 0.5)
     )
-    # a rejected batch leaves no ids behind
+    assert m.batch_labels(labels) is None  # the list changed since add_labels
+    # a rejected batch leaves no ids (nor grouping) behind
+    m.add_labels(labels, emb)
+    assert m.batch_labels(labels) is not None
     with pytest.raises(ValueError):
         m.add_labels(labels, torch.full((12, 16), float("nan")))
-    assert m._last_ids is None
+    assert m.batch_labels(labels) is None
 
 
 def test_device_nearest_matches_rust_lookup() -> None:
@@ -190,8 +196,13 @@ def test_device_nearest_matches_rust_lookup() -> None:
         )
         emb = torch.randn(64, 16)
         labels = [f"new {i}" for i in range(64)]
-        rust, _ = m._clusters(labels, emb, "nearest")
-        assert torch.equal(rust, m._nearest_on_device(emb))
+        rust = m.assign(labels, emb)  # unseen labels on the CPU: the Rust lookup
+        p = m.prototypes
+        if spherical:  # the formula of the lookup on a GPU
+            device = (torch.nn.functional.normalize(emb, dim=1) @ p.T).argmax(1)
+        else:
+            device = (p.square().sum(1)[None, :] - 2.0 * (emb @ p.T)).argmin(1)
+        assert torch.equal(rust, device)
 
 
 def test_deferred_ingest_matches_direct() -> None:
@@ -219,14 +230,16 @@ def test_deferred_ingest_matches_direct() -> None:
     labels[3] = "a new label"
     for m in (a, b):
         m.add_labels(labels, emb)
-    assert b._last_clusters is not None and a._last_clusters is None
     for mode in ("nearest", "one_hot"):
         a.unseen = b.unseen = mode
         expected = a.get_prototype_targets(labels, emb)
         torch.testing.assert_close(b.get_prototype_targets(labels, emb), expected)
-        assert b._last_clusters is not None and b._last_clusters[2][3] == -1  # cache intact
-        b._last_clusters = None  # the lookup without the cached clusters agrees too
+        # again: the clusters sent with the ids are intact after a use
         torch.testing.assert_close(b.get_prototype_targets(labels, emb), expected)
+        # a manager restored from b's state has no batch in memory: it looks the labels up
+        c = PrototypeManager()
+        c.load_state_dict(b.state_dict())
+        torch.testing.assert_close(c.get_prototype_targets(labels, emb), expected)
         b.add_labels(labels, emb)
         a.add_labels(labels, emb)
 
