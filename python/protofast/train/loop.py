@@ -1,18 +1,18 @@
 """One training run: align IMU windows with label-text embeddings.
 
-Trains a small 1-D CNN (:class:`protofast.model.IMUEncoder`) so that each HAPT window lands next
-to the embedding of a natural description of its activity, with the symmetric InfoNCE loss of
-:class:`protofast.InfoNCELoss` and, optionally, pairwise and prototypical soft targets
+Trains a small 1-D CNN (:class:`protofast.train.model.IMUEncoder`) so that each HAPT window
+lands next to the embedding of a natural description of its activity, with the symmetric InfoNCE
+loss of :class:`protofast.InfoNCELoss` and, optionally, pairwise and prototypical soft targets
 (:class:`protofast.PrototypeManager`), as in the design note.
 
 **Label texts.** Every training sample gets one of its activity's *training* descriptions at
-random (:mod:`protofast.data.descriptions`); that description string is the sample's label
+random (:mod:`protofast.train.data.descriptions`); that description string is the sample's label
 text, so the prototype manager clusters dozens of distinct texts, and ``--hard-targets label``
 treats samples with the *same description* as positives. The epoch's order and descriptions
 depend only on ``(seed, epoch)``, so a resumed run continues exactly.
 
-Outputs in ``cfg.output_dir``: ``checkpoint.pt`` (see :mod:`protofast.checkpoint`),
-``summary.json`` and the figures of :mod:`protofast.figures`.
+Outputs in ``cfg.output_dir``: ``checkpoint.pt`` (see :mod:`protofast.train.checkpoint`),
+``summary.json`` and the figures of :mod:`protofast.train.figures`.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from protofast import InfoNCELoss, PrototypeManager
+
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .evaluate import class_embeddings, evaluate, other_activity_target_mass
 from .figures import prototypes_ready, write_figures
-from .loss import InfoNCELoss
-from .manager import PrototypeManager
 from .model import IMUEncoder
 from .prepare import PreparedData, prepare_data
 from .text_head import TextHead
