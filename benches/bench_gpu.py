@@ -48,7 +48,7 @@ def make_step(
 
     ``model="linear"``: one linear layer per side, so that the loss is most of the step (the
     worst case for the targets' share). ``model="imu"``: the training example's model, the
-    1-D CNN :class:`protofast.model.IMUEncoder` on 6×128 windows with Adam.
+    1-D CNN :class:`protofast.train.model.IMUEncoder` on 6×128 windows with Adam.
     """
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -56,7 +56,7 @@ def make_step(
     base = torch.randn(labels, DIM, generator=g).to(device)
     text_proj = torch.nn.Linear(DIM, DIM).to(device)
     if model == "imu":
-        from protofast.model import IMUEncoder
+        from protofast.train.model import IMUEncoder
 
         imu_proj: torch.nn.Module = IMUEncoder(embed_dim=DIM).to(device)
         shape: tuple[int, ...] = (batch, 6, 128)

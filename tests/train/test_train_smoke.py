@@ -9,13 +9,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from protofast.train import main
+from protofast.train import loop, main
+
+BAR = re.compile(r"train:\s+\d+%\|")  # the training loop's tqdm bar
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +52,7 @@ def test_train_smoke_and_resume(
     printed = capsys.readouterr()
     assert "zero-shot accuracy" in printed.out
     assert "[PrototypeManager] Updated prototypes" in printed.err  # visible INFO log
+    assert not BAR.search(printed.err)  # stderr is not a terminal: no progress bar
 
     for name in ("checkpoint.pt", "summary.json", "training_curves.png", "text_clusters.png"):
         assert (out / name).is_file(), name
@@ -95,6 +99,7 @@ def test_train_smoke_and_resume(
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stderr
+    assert not BAR.search(proc.stderr)  # a pipe: no progress bar
     resumed = json.loads((out / "summary.json").read_text())
     assert resumed["steps"] == 9
     assert math.isfinite(resumed["final_train_loss"])
@@ -102,7 +107,9 @@ def test_train_smoke_and_resume(
     # the resumed run equals an uninterrupted one (same batches, texts, LR, prototypes)
     straight = tmp_path / "straight"
     args = [*common, "--max-steps", "9", "--no-figures", "--output-dir", str(straight)]
+    monkeypatch.setattr(loop, "PROGRESS_LOG_INTERVAL_S", 0.0)  # a progress line every step
     assert main(args) == 0
+    assert "step 9/9 (epoch 1): loss" in capsys.readouterr().err
     a = torch.load(out / "checkpoint.pt", weights_only=True)
     b = torch.load(straight / "checkpoint.pt", weights_only=True)
     assert a["history"]["loss"] == b["history"]["loss"]

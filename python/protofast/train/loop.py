@@ -1,18 +1,18 @@
 """One training run: align IMU windows with label-text embeddings.
 
-Trains a small 1-D CNN (:class:`protofast.model.IMUEncoder`) so that each HAPT window lands next
-to the embedding of a natural description of its activity, with the symmetric InfoNCE loss of
-:class:`protofast.InfoNCELoss` and, optionally, pairwise and prototypical soft targets
+Trains a small 1-D CNN (:class:`protofast.train.model.IMUEncoder`) so that each HAPT window
+lands next to the embedding of a natural description of its activity, with the symmetric InfoNCE
+loss of :class:`protofast.InfoNCELoss` and, optionally, pairwise and prototypical soft targets
 (:class:`protofast.PrototypeManager`), as in the design note.
 
 **Label texts.** Every training sample gets one of its activity's *training* descriptions at
-random (:mod:`protofast.data.descriptions`); that description string is the sample's label
+random (:mod:`protofast.train.data.descriptions`); that description string is the sample's label
 text, so the prototype manager clusters dozens of distinct texts, and ``--hard-targets label``
 treats samples with the *same description* as positives. The epoch's order and descriptions
 depend only on ``(seed, epoch)``, so a resumed run continues exactly.
 
-Outputs in ``cfg.output_dir``: ``checkpoint.pt`` (see :mod:`protofast.checkpoint`),
-``summary.json`` and the figures of :mod:`protofast.figures`.
+Outputs in ``cfg.output_dir``: ``checkpoint.pt`` (see :mod:`protofast.train.checkpoint`),
+``summary.json`` and the figures of :mod:`protofast.train.figures`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,21 +28,24 @@ from typing import Any
 import numpy as np
 import torch
 
+from protofast import InfoNCELoss, PrototypeManager
+
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .evaluate import class_embeddings, evaluate, other_activity_target_mass
 from .figures import prototypes_ready, write_figures
-from .loss import InfoNCELoss
-from .manager import PrototypeManager
 from .model import IMUEncoder
 from .prepare import PreparedData, prepare_data
 from .text_head import TextHead
 
-__all__ = ["SUMMARY_NAME", "jsonable", "train"]
+__all__ = ["PROGRESS_LOG_INTERVAL_S", "SUMMARY_NAME", "jsonable", "train"]
 
 logger = logging.getLogger("protofast")
 
 SUMMARY_NAME = "summary.json"
+
+#: Seconds between two progress lines when stderr is not a terminal.
+PROGRESS_LOG_INTERVAL_S = 30.0
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -80,7 +84,9 @@ def train(
     Args:
         cfg: Run settings.
         data: Prepared data (loaded with :func:`prepare_data` when ``None``).
-        progress: Show a tqdm progress bar.
+        progress: Show progress: a live tqdm bar when stderr is a terminal (or in a notebook);
+            otherwise (a log file, a pipe) a log line at most every
+            :data:`PROGRESS_LOG_INTERVAL_S` seconds, besides the log line of every epoch.
 
     Returns:
         The summary (also written to ``<output_dir>/summary.json``).
@@ -89,8 +95,6 @@ def train(
         FileNotFoundError: If the data or the ``--resume`` checkpoint is missing.
         ValueError: On invalid settings.
     """
-    from tqdm.auto import tqdm
-
     t_start = time.perf_counter()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -160,15 +164,7 @@ def train(
     x_train = data.split.train.x
     train_class_emb = None
 
-    bar = tqdm(
-        total=total_steps,
-        initial=min(step, total_steps),
-        disable=not progress,
-        desc="train",
-        dynamic_ncols=True,
-        mininterval=0.5,
-        leave=True,
-    )
+    bar = _Progress(progress, total_steps, min(step, total_steps))
     t_train = time.perf_counter()
     while step < total_steps:
         epoch = step // steps_per_epoch
@@ -215,8 +211,7 @@ def train(
             if step % 5 == 1 or step == total_steps:
                 mass = other_activity_target_mass(cfg, texts, frozen, cls_t, manager)
                 history["other_mass"].append([step, mass])
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss_v:.3f}", acc=f"{acc:.2f}")
+            bar.step(step, epoch, loss_v, acc)
             if step >= total_steps:
                 break
         ev = evaluate(
@@ -315,6 +310,76 @@ def train(
     )
     (out_dir / SUMMARY_NAME).write_text(json.dumps(jsonable(summary), indent=2))
     return summary
+
+
+def _interactive() -> bool:
+    """Whether progress can be drawn as a live bar: stderr is a terminal, or a notebook."""
+    from tqdm.auto import tqdm
+
+    if any(cls.__module__ == "tqdm.notebook" for cls in tqdm.__mro__):
+        return True
+    isatty = getattr(sys.stderr, "isatty", None)
+    try:
+        return bool(isatty is not None and isatty())
+    except ValueError:  # a closed stream
+        return False
+
+
+class _Progress:
+    """Progress of the training loop: a live tqdm bar on a terminal, rare log lines otherwise.
+
+    A bar redrawn on every step floods a redirected stderr (one ``\\r``-separated copy of the
+    bar per step), so without a terminal there is no bar; a line is logged at most every
+    :data:`PROGRESS_LOG_INTERVAL_S` seconds instead. On a terminal the bar's postfix (epoch,
+    loss, batch accuracy) is set without a redraw of its own: it shows at the bar's next
+    redraw, at most every ``mininterval`` seconds.
+    """
+
+    def __init__(self, enabled: bool, total: int, initial: int) -> None:
+        self.total = total
+        self.bar: Any = None
+        self.log = False
+        if enabled and _interactive():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                total=total,
+                initial=initial,
+                desc="train",
+                dynamic_ncols=True,
+                mininterval=0.5,
+                leave=True,
+            )
+        else:
+            self.log = enabled
+        self.last_time = time.perf_counter()
+        self.last_step = initial
+
+    def step(self, step: int, epoch: int, loss: float, acc: float) -> None:
+        """Record one finished optimiser step."""
+        if self.bar is not None:
+            self.bar.set_postfix(
+                epoch=epoch + 1, loss=f"{loss:.3f}", acc=f"{acc:.2f}", refresh=False
+            )
+            self.bar.update(1)
+        elif self.log:
+            now = time.perf_counter()
+            if now - self.last_time >= PROGRESS_LOG_INTERVAL_S:
+                logger.info(
+                    "step %d/%d (epoch %d): loss %.4f, batch acc %.2f, %.1f steps/s",
+                    step,
+                    self.total,
+                    epoch + 1,
+                    loss,
+                    acc,
+                    (step - self.last_step) / (now - self.last_time),
+                )
+                self.last_time, self.last_step = now, step
+
+    def close(self) -> None:
+        """Close the bar (if any)."""
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _fit_figure_manager(cfg: TrainConfig, data: PreparedData, device: torch.device) -> Any:

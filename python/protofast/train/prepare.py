@@ -1,7 +1,7 @@
 """Data of a training run: HAPT windows, label texts and their frozen embeddings.
 
 Every activity has a list of *training* descriptions and a disjoint list of *held-out*
-descriptions (:mod:`protofast.data.descriptions`); both are embedded once with the frozen text
+descriptions (:mod:`protofast.train.data.descriptions`); both are embedded once with the frozen text
 encoder (cached on disk). The result is shared between the runs of an ablation.
 """
 
@@ -72,7 +72,7 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
 
     Raises:
         FileNotFoundError: If the HAPT data is not installed.
-        protofast.text.TextEncoderUnavailable: If the text encoder is missing.
+        protofast.train.text.TextEncoderUnavailable: If the text encoder is missing.
     """
     t0 = time.perf_counter()
     split = load_hapt(cfg.data_path, include_transitions=cfg.include_transitions)

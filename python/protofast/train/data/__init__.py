@@ -1,5 +1,6 @@
 """Real IMU data for protofast's training job (UCI HAPT, shipped inside a PyPI package)."""
 
+from ..cache import cache_dir
 from .descriptions import (
     DESCRIPTIONS,
     ActivityDescriptions,
@@ -16,8 +17,8 @@ from .hapt import (
     Recording,
     RestrictedUnpickler,
     WindowSet,
-    cache_dir,
     find_hapt_file,
+    installed_hapt_file,
     load_hapt,
     load_hapt_recordings,
     make_windows,
@@ -41,6 +42,7 @@ __all__ = [
     "descriptions_for",
     "find_hapt_file",
     "heldout_texts",
+    "installed_hapt_file",
     "load_hapt",
     "load_hapt_recordings",
     "make_windows",
