@@ -24,10 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from protofast import compute_retrieval_metrics
-from protofast.targets import blend_targets, hard_targets, index_labels, pairwise_targets
+from protofast import InfoNCELoss, compute_retrieval_metrics
 
-from .config import TrainConfig
 from .data.hapt import WindowSet
 from .prepare import PreparedData
 from .text_head import TextHead
@@ -157,45 +155,25 @@ def _retrieval(
 
 @torch.no_grad()
 def other_activity_target_mass(
-    cfg: TrainConfig,
+    loss_fn: InfoNCELoss,
     texts: Sequence[str],
-    frozen: torch.Tensor,
+    text: torch.Tensor,
     cls: torch.Tensor,
-    manager: Any | None,
 ) -> float:
     """Share of the loss's target mass on batch columns of other activities.
 
+    The targets are the loss's own (``loss_fn.get_targets``), built exactly as in the step.
+
     Args:
-        cfg: Run settings (hard-target kind, soft-target and prototype settings).
+        loss_fn: The training loss (its settings, manager and frozen label embeddings).
         texts: The batch's label texts.
-        frozen: ``(B, D)`` frozen embeddings of ``texts``.
+        text: ``(B, D)`` text embeddings of the batch, as given to the loss.
         cls: ``(B,)`` class index of each sample.
-        manager: The prototype manager (``None`` without prototypes).
 
     Returns:
         The mean over rows of the target mass on columns of another class.
     """
-    batch = frozen.shape[0]
-    if cfg.hard_targets == "label":
-        ids = torch.as_tensor(index_labels(texts).inverse, device=frozen.device)
-        hard = hard_targets(batch, ids, dtype=frozen.dtype)
-    else:
-        hard = hard_targets(batch, device=frozen.device, dtype=frozen.dtype)
-    pairwise = proto = None
-    if cfg.use_soft_targets:
-        pairwise = pairwise_targets(frozen, cfg.soft_target_temperature)
-    if cfg.use_prototypes and manager is not None:
-        proto = torch.as_tensor(
-            manager.get_prototype_targets(
-                list(texts), frozen, temperature=cfg.soft_target_temperature
-            )
-        ).to(frozen)
-    targets = blend_targets(
-        hard,
-        pairwise,
-        proto,
-        soft_target_weight=cfg.soft_target_weight,
-        prototype_weight=cfg.prototype_weight,
-    )
+    with torch.no_grad():
+        targets = loss_fn.get_targets(text.detach().float(), list(texts)).dense()
     other = (cls[:, None] != cls[None, :]).to(targets.dtype)
     return float((targets * other).sum(dim=1).mean())

@@ -209,7 +209,7 @@ def train(
             history["loss"].append(loss_v)
             history["acc"].append(acc)
             if step % 5 == 1 or step == total_steps:
-                mass = other_activity_target_mass(cfg, texts, frozen, cls_t, manager)
+                mass = other_activity_target_mass(loss_fn, texts, text, cls_t)
                 history["other_mass"].append([step, mass])
             bar.step(step, epoch, loss_v, acc)
             if step >= total_steps:
