@@ -391,7 +391,7 @@ static SKIPPED_BLOCKS: std::sync::atomic::AtomicUsize = std::sync::atomic::Atomi
 ///
 /// Per centre: one pass over the data computes every candidate's squared
 /// distances by blocks (each row read once, scored against every candidate
-/// by [`crate::lookup::block_dots`]) and the
+/// by [`crate::kernels::block_dots`]) and the
 /// candidates' potentials per block; a second pass folds the chosen
 /// candidate into `closest`. Blocks that the triangle inequality proves
 /// unaffected by every candidate are skipped (`prune`); this never changes
@@ -489,7 +489,7 @@ fn kmeans_plus_plus(
                     SKIPPED_BLOCKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     return (false, p);
                 }
-                crate::lookup::block_dots(xb, rows, cand_ref, trials, d, db);
+                crate::kernels::block_dots(xb, rows, cand_ref, trials, d, db);
                 for r in 0..rows {
                     let (xn, c) = (nb[r], cb[r]);
                     let dr = &mut db[r * trials..(r + 1) * trials];
