@@ -6,11 +6,6 @@ use crate::simd::column_argmin2;
 
 use super::bounds::{dist_rel_err, Bounds, Groups};
 
-/// Per-group products run by the bounded assignment (tests only).
-#[cfg(test)]
-pub(super) static GROUP_PRODUCTS: std::sync::atomic::AtomicUsize =
-    std::sync::atomic::AtomicUsize::new(0);
-
 /// The centroids of one iteration in group order, with what the bounded
 /// assignment needs.
 pub(super) struct GroupedCentroids<'a> {
@@ -89,6 +84,26 @@ impl GroupScan {
 /// full rate. Fixed, like every block size here.
 const GROUP_BLOCK: usize = 256;
 
+/// What one call of [`assign_grouped`] computed.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct AssignStats {
+    /// Point–centroid distances computed.
+    pub(super) distances: usize,
+    /// Per-group products run (rows gathered for one group of centroids).
+    pub(super) group_products: usize,
+}
+
+impl std::ops::Add for AssignStats {
+    type Output = AssignStats;
+
+    fn add(self, o: AssignStats) -> AssignStats {
+        AssignStats {
+            distances: self.distances + o.distances,
+            group_products: self.group_products + o.group_products,
+        }
+    }
+}
+
 /// The assignment step with grouped (Yinyang) bounds, exact: a point keeps
 /// its label when its bounds prove that no centroid is nearer, and a group
 /// of centroids is skipped for a point when its bound proves none of them is
@@ -99,7 +114,6 @@ const GROUP_BLOCK: usize = 256;
 /// moved by the last update's drifts. Work is split in fixed row blocks; a
 /// block's products are one GEMM per group over the points that need it.
 /// `dists` gets the squared distance of the points that were compared.
-/// Returns the number of point-centroid distances computed.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn assign_grouped(
     x: &[f32],
@@ -110,10 +124,9 @@ pub(super) fn assign_grouped(
     labels: &mut [u32],
     dists: &mut [f32],
     bounds: &mut Bounds,
-) -> usize {
-    let k = gc.cp_norms.len();
+) -> AssignStats {
     let t = gc.groups.len();
-    let parts: Vec<usize> = x
+    let parts: Vec<AssignStats> = x
         .par_chunks(GROUP_BLOCK * d)
         .zip(labels.par_chunks_mut(GROUP_BLOCK))
         .zip(dists.par_chunks_mut(GROUP_BLOCK))
@@ -121,169 +134,234 @@ pub(super) fn assign_grouped(
         .zip(bounds.lower.par_chunks_mut(GROUP_BLOCK * t))
         .enumerate()
         .map_init(Scratch::default, |s, (b, ((((xb, lb), db), ub), lwb))| {
-            let rows = lb.len();
             let base = b * GROUP_BLOCK;
-            s.need.clear();
-            s.per_group.resize_with(t, Vec::new);
-            s.per_group.iter_mut().for_each(Vec::clear);
-            let mut pairs_needed = 0usize;
-            for r in 0..rows {
-                if full {
-                    s.need.push(r as u32);
-                    continue;
-                }
-                let a = lb[r] as usize;
-                let lw = &mut lwb[r * t..(r + 1) * t];
-                let mut glb = f32::INFINITY;
-                for (l, &gd) in lw.iter_mut().zip(gc.group_drift) {
-                    *l = ((*l as f64 - gd).max(0.0) * (1.0 - 1e-6)) as f32;
-                    glb = glb.min(*l);
-                }
-                let bound = glb.max(gc.half_sep[a]);
-                let u = ((ub[r] as f64 + gc.drift[a]) * (1.0 + 1e-6)) as f32;
-                ub[r] = u;
-                if u <= bound {
-                    continue;
-                }
-                // Tighten the upper bound to the current distance (computed
-                // in f32 like every other distance, within the margin `e`).
-                let xn = x_norms[base + r] as f64;
-                let e = dist_rel_err(d) * (xn + gc.c_max);
-                let dot = crate::simd::dot(&xb[r * d..(r + 1) * d], &gc.c[a * d..(a + 1) * d]);
-                let computed = (xn + gc.c_norms[a] as f64 - 2.0 * dot as f64).max(0.0);
-                let u = ((computed + 2.0 * e).sqrt() * (1.0 + 1e-6)) as f32;
-                ub[r] = u;
-                if u <= bound {
-                    continue;
-                }
-                let own = gc.groups.of[a] as usize;
-                for (g, &l) in lw.iter().enumerate() {
-                    if l < u || g == own {
-                        s.per_group[g].push(r as u32);
-                        pairs_needed += gc.groups.start[g + 1] - gc.groups.start[g];
-                    }
-                }
-                s.need.push(r as u32);
-            }
+            let mut block = Block {
+                x: xb,
+                norms: &x_norms[base..base + lb.len()],
+                labels: lb,
+                dists: db,
+                upper: ub,
+                lower: lwb,
+            };
+            let pairs_needed = s.rows_to_compute(gc, &mut block, d, full);
             let m = s.need.len();
             if m == 0 {
-                return 0;
+                return AssignStats::default();
             }
-            s.best.clear();
-            s.best.resize(m, (f32::INFINITY, u32::MAX));
-            s.found.clear();
-            s.pos.clear();
-            s.pos.resize(rows, u32::MAX);
-            for (p, &r) in s.need.iter().enumerate() {
-                s.pos[r as usize] = p as u32;
-            }
-            let computed;
-            if full || pairs_needed * 2 >= m * k {
-                // Most groups are needed: one product of the rows with all
-                // centroids, every group scanned.
-                computed = m * k;
-                let src: &[f32] = if m == rows {
-                    xb
-                } else {
-                    s.gathered.clear();
-                    for &r in &s.need {
-                        let r = r as usize;
-                        s.gathered.extend_from_slice(&xb[r * d..(r + 1) * d]);
-                    }
-                    &s.gathered
-                };
-                s.dots.resize(m * k, 0.0);
-                crate::linalg::dot_nt_transposed(
-                    src,
-                    m,
-                    &gc.cp,
-                    k,
-                    d,
-                    &mut s.dots,
-                    &mut s.dots_rows,
-                );
-                for g in 0..t {
-                    let (st, en) = (gc.groups.start[g], gc.groups.start[g + 1]);
-                    s.cols.scan(gc, g, &s.dots[st * m..en * m], m);
-                    for p in 0..m {
-                        let c = &s.cols;
-                        let found = (p as u32, g as u32, c.m1[p], c.m2[p], c.arg[p]);
-                        s.found.push(found);
-                    }
-                }
+            s.reset_found(block.labels.len());
+            let k = gc.cp_norms.len();
+            let stats = if full || pairs_needed * 2 >= m * k {
+                s.scan_all_groups(gc, block.x, d)
             } else {
-                computed = pairs_needed;
-                for g in 0..t {
-                    let rows_g = &s.per_group[g];
-                    if rows_g.is_empty() {
-                        continue;
-                    }
-                    let (st, en) = (gc.groups.start[g], gc.groups.start[g + 1]);
-                    let kg = en - st;
-                    let mg = rows_g.len();
-                    s.gathered.clear();
-                    for &r in rows_g {
-                        let r = r as usize;
-                        s.gathered.extend_from_slice(&xb[r * d..(r + 1) * d]);
-                    }
-                    s.dots.resize(mg * kg, 0.0);
-                    #[cfg(test)]
-                    GROUP_PRODUCTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    crate::linalg::dot_nt_transposed(
-                        &s.gathered,
-                        mg,
-                        &gc.cp[st * d..en * d],
-                        kg,
-                        d,
-                        &mut s.dots,
-                        &mut s.dots_rows,
-                    );
-                    s.cols.scan(gc, g, &s.dots[..mg * kg], mg);
-                    for (q, &r) in s.per_group[g].iter().enumerate() {
-                        let c = &s.cols;
-                        let found = (s.pos[r as usize], g as u32, c.m1[q], c.m2[q], c.arg[q]);
-                        s.found.push(found);
-                    }
-                }
-            }
-            // The nearest centroid of each row over its computed groups
-            // (lowest original index among equals).
-            for &(p, _, m1, _, arg) in &s.found {
-                let best = &mut s.best[p as usize];
-                if m1 < best.0 || (m1 == best.0 && arg < best.1) {
-                    *best = (m1, arg);
-                }
-            }
-            for (p, &r) in s.need.iter().enumerate() {
-                let r = r as usize;
-                let (v, arg) = s.best[p];
-                let xn = x_norms[base + r];
-                let e = dist_rel_err(d) * (xn as f64 + gc.c_max);
-                let d1 = (xn + v).max(0.0);
-                lb[r] = arg;
-                db[r] = d1;
-                ub[r] = ((d1 as f64 + e).sqrt() * (1.0 + 1e-6)) as f32;
-            }
-            // Fresh lower bounds of the computed groups: the group's smallest
-            // distance, or its second smallest when it holds the new label.
-            for &(p, g, m1, m2, _) in &s.found {
-                let r = s.need[p as usize] as usize;
-                let label = lb[r];
-                let m = if gc.groups.of[label as usize] == g {
-                    m2
-                } else {
-                    m1
-                };
-                let xn = x_norms[base + r];
-                let e = dist_rel_err(d) * (xn as f64 + gc.c_max);
-                lwb[r * t + g as usize] = if m.is_finite() {
-                    (((xn + m) as f64 - e).max(0.0).sqrt() * (1.0 - 1e-6)) as f32
-                } else {
-                    f32::INFINITY
-                };
-            }
-            computed
+                s.scan_needed_groups(gc, block.x, d, pairs_needed)
+            };
+            s.settle(gc, &mut block, d);
+            stats
         })
         .collect();
-    parts.iter().sum()
+    parts.into_iter().fold(AssignStats::default(), |a, b| a + b)
+}
+
+/// One block of points of [`assign_grouped`], with their labels, distances
+/// and bounds (`lower`: one row of groups per point).
+struct Block<'b> {
+    x: &'b [f32],
+    norms: &'b [f32],
+    labels: &'b mut [u32],
+    dists: &'b mut [f32],
+    upper: &'b mut [f32],
+    lower: &'b mut [f32],
+}
+
+impl Scratch {
+    /// Moves the bounds of the block's points by the last drifts and lists
+    /// the points whose bounds do not prove their label (all of them when
+    /// `full`) in `need`, and per group the points that must be compared
+    /// with it in `per_group`; returns how many point–centroid distances
+    /// the groups listed add up to.
+    fn rows_to_compute(
+        &mut self,
+        gc: &GroupedCentroids,
+        b: &mut Block,
+        d: usize,
+        full: bool,
+    ) -> usize {
+        let t = gc.groups.len();
+        let rows = b.labels.len();
+        self.need.clear();
+        self.per_group.resize_with(t, Vec::new);
+        self.per_group.iter_mut().for_each(Vec::clear);
+        let mut pairs_needed = 0usize;
+        for r in 0..rows {
+            if full {
+                self.need.push(r as u32);
+                continue;
+            }
+            let a = b.labels[r] as usize;
+            let lw = &mut b.lower[r * t..(r + 1) * t];
+            let mut glb = f32::INFINITY;
+            for (l, &gd) in lw.iter_mut().zip(gc.group_drift) {
+                *l = ((*l as f64 - gd).max(0.0) * (1.0 - 1e-6)) as f32;
+                glb = glb.min(*l);
+            }
+            let bound = glb.max(gc.half_sep[a]);
+            let u = ((b.upper[r] as f64 + gc.drift[a]) * (1.0 + 1e-6)) as f32;
+            b.upper[r] = u;
+            if u <= bound {
+                continue;
+            }
+            // Tighten the upper bound to the current distance (computed
+            // in f32 like every other distance, within the margin `e`).
+            let xn = b.norms[r] as f64;
+            let e = dist_rel_err(d) * (xn + gc.c_max);
+            let dot = crate::simd::dot(&b.x[r * d..(r + 1) * d], &gc.c[a * d..(a + 1) * d]);
+            let computed = (xn + gc.c_norms[a] as f64 - 2.0 * dot as f64).max(0.0);
+            let u = ((computed + 2.0 * e).sqrt() * (1.0 + 1e-6)) as f32;
+            b.upper[r] = u;
+            if u <= bound {
+                continue;
+            }
+            let own = gc.groups.of[a] as usize;
+            for (g, &l) in lw.iter().enumerate() {
+                if l < u || g == own {
+                    self.per_group[g].push(r as u32);
+                    pairs_needed += gc.groups.start[g + 1] - gc.groups.start[g];
+                }
+            }
+            self.need.push(r as u32);
+        }
+        pairs_needed
+    }
+
+    /// Clears the per-row results of the `need` rows of a block of `rows`.
+    fn reset_found(&mut self, rows: usize) {
+        let m = self.need.len();
+        self.best.clear();
+        self.best.resize(m, (f32::INFINITY, u32::MAX));
+        self.found.clear();
+        self.pos.clear();
+        self.pos.resize(rows, u32::MAX);
+        for (p, &r) in self.need.iter().enumerate() {
+            self.pos[r as usize] = p as u32;
+        }
+    }
+
+    /// Most groups are needed: one product of the `need` rows with all
+    /// centroids, every group scanned.
+    fn scan_all_groups(&mut self, gc: &GroupedCentroids, xb: &[f32], d: usize) -> AssignStats {
+        let (k, t) = (gc.cp_norms.len(), gc.groups.len());
+        let m = self.need.len();
+        let src: &[f32] = if m == xb.len() / d {
+            xb
+        } else {
+            self.gathered.clear();
+            for &r in &self.need {
+                let r = r as usize;
+                self.gathered.extend_from_slice(&xb[r * d..(r + 1) * d]);
+            }
+            &self.gathered
+        };
+        self.dots.resize(m * k, 0.0);
+        crate::linalg::dot_nt_transposed(src, m, &gc.cp, k, d, &mut self.dots, &mut self.dots_rows);
+        for g in 0..t {
+            let (st, en) = (gc.groups.start[g], gc.groups.start[g + 1]);
+            self.cols.scan(gc, g, &self.dots[st * m..en * m], m);
+            for p in 0..m {
+                let c = &self.cols;
+                let found = (p as u32, g as u32, c.m1[p], c.m2[p], c.arg[p]);
+                self.found.push(found);
+            }
+        }
+        AssignStats {
+            distances: m * k,
+            group_products: 0,
+        }
+    }
+
+    /// Few groups are needed: per group, one product of the rows that need
+    /// it (`pairs_needed` distances in all).
+    fn scan_needed_groups(
+        &mut self,
+        gc: &GroupedCentroids,
+        xb: &[f32],
+        d: usize,
+        pairs_needed: usize,
+    ) -> AssignStats {
+        let mut products = 0;
+        for g in 0..gc.groups.len() {
+            let rows_g = &self.per_group[g];
+            if rows_g.is_empty() {
+                continue;
+            }
+            let (st, en) = (gc.groups.start[g], gc.groups.start[g + 1]);
+            let kg = en - st;
+            let mg = rows_g.len();
+            self.gathered.clear();
+            for &r in rows_g {
+                let r = r as usize;
+                self.gathered.extend_from_slice(&xb[r * d..(r + 1) * d]);
+            }
+            self.dots.resize(mg * kg, 0.0);
+            products += 1;
+            crate::linalg::dot_nt_transposed(
+                &self.gathered,
+                mg,
+                &gc.cp[st * d..en * d],
+                kg,
+                d,
+                &mut self.dots,
+                &mut self.dots_rows,
+            );
+            self.cols.scan(gc, g, &self.dots[..mg * kg], mg);
+            for (q, &r) in self.per_group[g].iter().enumerate() {
+                let c = &self.cols;
+                let found = (self.pos[r as usize], g as u32, c.m1[q], c.m2[q], c.arg[q]);
+                self.found.push(found);
+            }
+        }
+        AssignStats {
+            distances: pairs_needed,
+            group_products: products,
+        }
+    }
+
+    /// From the groups scanned: each `need` row's nearest centroid (lowest
+    /// original index among equals), its distance and fresh bounds.
+    fn settle(&mut self, gc: &GroupedCentroids, b: &mut Block, d: usize) {
+        let t = gc.groups.len();
+        for &(p, _, m1, _, arg) in &self.found {
+            let best = &mut self.best[p as usize];
+            if m1 < best.0 || (m1 == best.0 && arg < best.1) {
+                *best = (m1, arg);
+            }
+        }
+        for (p, &r) in self.need.iter().enumerate() {
+            let r = r as usize;
+            let (v, arg) = self.best[p];
+            let xn = b.norms[r];
+            let e = dist_rel_err(d) * (xn as f64 + gc.c_max);
+            let d1 = (xn + v).max(0.0);
+            b.labels[r] = arg;
+            b.dists[r] = d1;
+            b.upper[r] = ((d1 as f64 + e).sqrt() * (1.0 + 1e-6)) as f32;
+        }
+        // Fresh lower bounds of the computed groups: the group's smallest
+        // distance, or its second smallest when it holds the new label.
+        for &(p, g, m1, m2, _) in &self.found {
+            let r = self.need[p as usize] as usize;
+            let label = b.labels[r];
+            let m = if gc.groups.of[label as usize] == g {
+                m2
+            } else {
+                m1
+            };
+            let xn = b.norms[r];
+            let e = dist_rel_err(d) * (xn as f64 + gc.c_max);
+            b.lower[r * t + g as usize] = if m.is_finite() {
+                (((xn + m) as f64 - e).max(0.0).sqrt() * (1.0 - 1e-6)) as f32
+            } else {
+                f32::INFINITY
+            };
+        }
+    }
 }

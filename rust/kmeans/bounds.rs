@@ -76,6 +76,15 @@ pub(super) struct Groups {
 }
 
 impl Groups {
+    /// `out[g]`: the largest of `per_centroid` over group `g`.
+    pub(super) fn max_per_group(&self, per_centroid: &[f64], out: &mut [f64]) {
+        for (g, o) in out.iter_mut().enumerate() {
+            *o = self.order[self.start[g]..self.start[g + 1]]
+                .iter()
+                .fold(0f64, |a, &j| a.max(per_centroid[j as usize]));
+        }
+    }
+
     pub(super) fn len(&self) -> usize {
         self.start.len() - 1
     }

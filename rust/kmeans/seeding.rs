@@ -7,6 +7,7 @@ use crate::rng::Rng;
 
 use super::bounds::block_prunable;
 
+/// `k` distinct rows of `x` drawn uniformly, as k×d centroids.
 pub(super) fn random_init(x: &[f32], n: usize, d: usize, k: usize, rng: &mut Rng) -> Vec<f32> {
     // Partial Fisher–Yates over the row indices: k distinct rows.
     let mut idx: Vec<usize> = (0..n).collect();
@@ -47,20 +48,17 @@ fn sample_index(weights: &[f32], sums: &[f64], r: f64) -> usize {
     weights.iter().rposition(|&w| w > 0.0).unwrap_or(0)
 }
 
-/// Blocks skipped by k-means++ pruning (tests only).
-#[cfg(test)]
-static SKIPPED_BLOCKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
 /// Greedy k-means++ (Arthur & Vassilvitskii, with scikit-learn's
-/// 2 + ⌊ln k⌋ local trials per centre).
+/// 2 + ⌊ln k⌋ local trials per centre): the indices of the `k` rows chosen,
+/// in order.
 ///
 /// Per centre: one pass over the data computes every candidate's squared
 /// distances by blocks (each row read once, scored against every candidate
-/// by [`crate::kernels::block_dots`]) and the
-/// candidates' potentials per block; a second pass folds the chosen
-/// candidate into `closest`. Blocks that the triangle inequality proves
-/// unaffected by every candidate are skipped (`prune`); this never changes
-/// the result (see [`block_prunable`]).
+/// by [`crate::kernels::block_dots`]) and the candidates' potentials per
+/// block; a second pass folds the chosen candidate into `closest`. Blocks
+/// that the triangle inequality proves unaffected by every candidate are
+/// skipped (`prune`); this never changes the result (see
+/// [`block_prunable`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn greedy_kmeanspp(
     x: &[f32],
@@ -72,97 +70,205 @@ pub(super) fn greedy_kmeanspp(
     rng: &mut Rng,
     prune: bool,
 ) -> Vec<usize> {
+    seed_and_count(x, x_norms, n, d, k, n_local_trials, rng, prune).0
+}
+
+/// [`greedy_kmeanspp`], and how many blocks pruning skipped in all.
+#[allow(clippy::too_many_arguments)]
+fn seed_and_count(
+    x: &[f32],
+    x_norms: &[f32],
+    n: usize,
+    d: usize,
+    k: usize,
+    n_local_trials: Option<usize>,
+    rng: &mut Rng,
+    prune: bool,
+) -> (Vec<usize>, usize) {
     let trials = n_local_trials.unwrap_or(2 + (k as f64).ln().floor() as usize);
-    let mut centers = Vec::with_capacity(k * d);
-    let mut center_norms = Vec::with_capacity(k);
-    let first = rng.below(n);
-    let mut chosen = Vec::with_capacity(k);
-    chosen.push(first);
-    centers.extend_from_slice(&x[first * d..(first + 1) * d]);
-    center_norms.push(x_norms[first]);
-    let mut closest = vec![0f32; n];
-    // The index of a centre at distance `closest` (for the bounds).
-    let mut assign = vec![0u32; n];
-    nearest(
-        x,
-        x_norms,
-        &centers,
-        &x_norms[first..first + 1],
-        d,
-        Metric::L2,
-        &mut assign,
-        &mut closest,
-    );
-    closest[first] = 0.0;
-    let mut sums = block_sums(&closest);
-    let n_blocks = sums.len();
-    let mut dist = vec![0f32; n * trials];
-    let mut cand = vec![0f32; trials * d];
-    let mut cand_norms = vec![0f32; trials];
-    let mut cand_idx = vec![0usize; trials];
-    let mut cc = Vec::new();
-    let mut has_cand = vec![false; n_blocks];
-    let mut computed = vec![true; n_blocks];
-    for step in 1..k {
-        let pot: f64 = sums.iter().sum();
-        for t in 0..trials {
+    let mut s = Seeding::start(x, x_norms, n, d, k, trials, prune, rng);
+    let mut skipped = 0;
+    for _ in 1..k {
+        s.draw_candidates(rng);
+        if prune {
+            s.candidate_center_distances();
+        }
+        let (best, skipped_now) = s.score_candidates();
+        skipped += skipped_now;
+        s.add_center(best);
+    }
+    (s.chosen, skipped)
+}
+
+/// The state of greedy k-means++ between two centres.
+struct Seeding<'a> {
+    x: &'a [f32],
+    x_norms: &'a [f32],
+    d: usize,
+    trials: usize,
+    prune: bool,
+    /// The centres so far (row-major), their squared norms and row indices.
+    centers: Vec<f32>,
+    center_norms: Vec<f32>,
+    chosen: Vec<usize>,
+    /// Each point's squared distance to its nearest centre, the index of a
+    /// centre at that distance (for the bounds), and per-block sums of
+    /// `closest`.
+    closest: Vec<f32>,
+    assign: Vec<u32>,
+    sums: Vec<f64>,
+    /// This step's candidates: rows, squared norms and row indices.
+    cand: Vec<f32>,
+    cand_norms: Vec<f32>,
+    cand_idx: Vec<usize>,
+    /// Squared candidate–centre distances (`trials × centres`, when pruning).
+    cc: Vec<f32>,
+    /// Squared point–candidate distances (`n × trials`) of computed blocks.
+    dist: Vec<f32>,
+    /// Per block: whether it holds a candidate, whether pass 1 computed it.
+    has_cand: Vec<bool>,
+    computed: Vec<bool>,
+}
+
+impl<'a> Seeding<'a> {
+    /// The first centre, drawn uniformly, and every point's distance to it.
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        x: &'a [f32],
+        x_norms: &'a [f32],
+        n: usize,
+        d: usize,
+        k: usize,
+        trials: usize,
+        prune: bool,
+        rng: &mut Rng,
+    ) -> Self {
+        let first = rng.below(n);
+        let mut centers = Vec::with_capacity(k * d);
+        centers.extend_from_slice(&x[first * d..(first + 1) * d]);
+        let mut center_norms = Vec::with_capacity(k);
+        center_norms.push(x_norms[first]);
+        let mut chosen = Vec::with_capacity(k);
+        chosen.push(first);
+        let mut closest = vec![0f32; n];
+        let mut assign = vec![0u32; n];
+        nearest(
+            x,
+            x_norms,
+            &centers,
+            &x_norms[first..first + 1],
+            d,
+            Metric::L2,
+            &mut assign,
+            &mut closest,
+        );
+        closest[first] = 0.0;
+        let sums = block_sums(&closest);
+        let n_blocks = sums.len();
+        Seeding {
+            x,
+            x_norms,
+            d,
+            trials,
+            prune,
+            centers,
+            center_norms,
+            chosen,
+            closest,
+            assign,
+            sums,
+            cand: vec![0f32; trials * d],
+            cand_norms: vec![0f32; trials],
+            cand_idx: vec![0usize; trials],
+            cc: Vec::new(),
+            dist: vec![0f32; n * trials],
+            has_cand: vec![false; n_blocks],
+            computed: vec![true; n_blocks],
+        }
+    }
+
+    /// Draws this step's candidates, each with probability proportional to
+    /// its `closest` (uniformly when every point is a centre already).
+    fn draw_candidates(&mut self, rng: &mut Rng) {
+        let (x, d, n) = (self.x, self.d, self.closest.len());
+        let pot: f64 = self.sums.iter().sum();
+        for t in 0..self.trials {
             let i = if pot > 0.0 {
-                sample_index(&closest, &sums, rng.next_f64() * pot)
+                sample_index(&self.closest, &self.sums, rng.next_f64() * pot)
             } else {
                 rng.below(n)
             };
-            cand_idx[t] = i;
-            cand[t * d..(t + 1) * d].copy_from_slice(&x[i * d..(i + 1) * d]);
-            cand_norms[t] = x_norms[i];
+            self.cand_idx[t] = i;
+            self.cand[t * d..(t + 1) * d].copy_from_slice(&x[i * d..(i + 1) * d]);
+            self.cand_norms[t] = self.x_norms[i];
         }
-        if prune {
-            // Squared candidate–centre distances, computed like all others.
-            cc.resize(trials * step, 0.0);
-            crate::linalg::dot_nt(&cand, trials, &centers, step, d, &mut cc);
-            for t in 0..trials {
-                for (j, v) in cc[t * step..(t + 1) * step].iter_mut().enumerate() {
-                    *v = (cand_norms[t] - 2.0 * *v + center_norms[j]).max(0.0);
-                }
+        self.has_cand.iter_mut().for_each(|h| *h = false);
+        for &i in &self.cand_idx {
+            self.has_cand[i / ROW_BLOCK] = true;
+        }
+    }
+
+    /// Squared candidate–centre distances (for pruning), computed like all
+    /// others.
+    fn candidate_center_distances(&mut self) {
+        let (trials, step) = (self.trials, self.chosen.len());
+        self.cc.resize(trials * step, 0.0);
+        crate::linalg::dot_nt(
+            &self.cand,
+            trials,
+            &self.centers,
+            step,
+            self.d,
+            &mut self.cc,
+        );
+        for t in 0..trials {
+            for (j, v) in self.cc[t * step..(t + 1) * step].iter_mut().enumerate() {
+                *v = (self.cand_norms[t] - 2.0 * *v + self.center_norms[j]).max(0.0);
             }
         }
-        has_cand.iter_mut().for_each(|h| *h = false);
-        for &i in &cand_idx {
-            has_cand[i / ROW_BLOCK] = true;
-        }
-        // Pass 1: per block, the candidates' squared distances (kept for
-        // pass 2) and the candidates' potentials.
-        let (cc_ref, cand_ref, cn_ref, cnorm_ref) = (&cc, &cand, &cand_norms, &center_norms);
-        let (cidx, hc) = (&cand_idx, &has_cand);
+    }
+
+    /// Pass 1: per block, the candidates' squared distances (kept for pass
+    /// 2) and potentials; returns the candidate of least potential (the
+    /// first among equals) and how many blocks pruning skipped.
+    fn score_candidates(&mut self) -> (usize, usize) {
+        let (x, x_norms, d, trials, prune) =
+            (self.x, self.x_norms, self.d, self.trials, self.prune);
+        let step = self.chosen.len();
+        let (cc, cand, cand_norms) = (&self.cc, &self.cand, &self.cand_norms);
+        let (center_norms, cand_idx, has_cand) =
+            (&self.center_norms, &self.cand_idx, &self.has_cand);
         let block_pots: Vec<(bool, Vec<f64>)> = x
             .par_chunks(ROW_BLOCK * d)
-            .zip(dist.par_chunks_mut(ROW_BLOCK * trials))
-            .zip(closest.par_chunks(ROW_BLOCK))
-            .zip(assign.par_chunks(ROW_BLOCK))
+            .zip(self.dist.par_chunks_mut(ROW_BLOCK * trials))
+            .zip(self.closest.par_chunks(ROW_BLOCK))
+            .zip(self.assign.par_chunks(ROW_BLOCK))
             .enumerate()
             .map(|(b, (((xb, db), cb), ab))| {
                 let rows = cb.len();
                 let base = b * ROW_BLOCK;
                 let nb = &x_norms[base..base + rows];
                 let mut p = vec![0f64; trials];
-                if prune && !hc[b] && block_prunable(cb, ab, nb, cnorm_ref, cn_ref, cc_ref, step) {
+                if prune
+                    && !has_cand[b]
+                    && block_prunable(cb, ab, nb, center_norms, cand_norms, cc, step)
+                {
                     for &c in cb {
                         for v in p.iter_mut() {
                             *v += c as f64;
                         }
                     }
-                    #[cfg(test)]
-                    SKIPPED_BLOCKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     return (false, p);
                 }
-                crate::kernels::block_dots(xb, rows, cand_ref, trials, d, db);
+                crate::kernels::block_dots(xb, rows, cand, trials, d, db);
                 for r in 0..rows {
                     let (xn, c) = (nb[r], cb[r]);
                     let dr = &mut db[r * trials..(r + 1) * trials];
                     for t in 0..trials {
-                        let v = if base + r == cidx[t] {
+                        let v = if base + r == cand_idx[t] {
                             0.0
                         } else {
-                            (xn - 2.0 * dr[t] + cn_ref[t]).max(0.0)
+                            (xn - 2.0 * dr[t] + cand_norms[t]).max(0.0)
                         };
                         dr[t] = v;
                         p[t] += c.min(v) as f64;
@@ -180,20 +286,28 @@ pub(super) fn greedy_kmeanspp(
                 best = t;
             }
         }
-        for (c, bp) in computed.iter_mut().zip(&block_pots) {
+        for (c, bp) in self.computed.iter_mut().zip(&block_pots) {
             *c = bp.0;
         }
-        // Pass 2: fold the chosen candidate into `closest` (computed blocks
-        // only: a skipped block is unchanged) and refresh the block sums.
-        let comp = &computed;
-        closest
+        let skipped = block_pots.iter().filter(|b| !b.0).count();
+        (best, skipped)
+    }
+
+    /// Pass 2: makes candidate `best` a centre, folding it into `closest`
+    /// (computed blocks only: a skipped block is unchanged) and refreshing
+    /// the block sums.
+    fn add_center(&mut self, best: usize) {
+        let (d, trials) = (self.d, self.trials);
+        let step = self.chosen.len();
+        let computed = &self.computed;
+        self.closest
             .par_chunks_mut(ROW_BLOCK)
-            .zip(assign.par_chunks_mut(ROW_BLOCK))
-            .zip(dist.par_chunks(ROW_BLOCK * trials))
-            .zip(sums.par_iter_mut())
+            .zip(self.assign.par_chunks_mut(ROW_BLOCK))
+            .zip(self.dist.par_chunks(ROW_BLOCK * trials))
+            .zip(self.sums.par_iter_mut())
             .enumerate()
             .for_each(|(b, (((cb, ab), db), s))| {
-                if !comp[b] {
+                if !computed[b] {
                     return;
                 }
                 for (r, (c, a)) in cb.iter_mut().zip(ab.iter_mut()).enumerate() {
@@ -205,11 +319,11 @@ pub(super) fn greedy_kmeanspp(
                 }
                 *s = cb.iter().map(|&t| t as f64).sum();
             });
-        centers.extend_from_slice(&cand[best * d..(best + 1) * d]);
-        center_norms.push(cand_norms[best]);
-        chosen.push(cand_idx[best]);
+        self.centers
+            .extend_from_slice(&self.cand[best * d..(best + 1) * d]);
+        self.center_norms.push(self.cand_norms[best]);
+        self.chosen.push(self.cand_idx[best]);
     }
-    chosen
 }
 
 #[cfg(test)]
@@ -225,11 +339,9 @@ mod tests {
             let x = hd_blobs(600, 10, d, noise, sorted);
             let n = x.len() / d;
             let norms = row_sq_norms(&x, d);
-            let before = SKIPPED_BLOCKS.load(std::sync::atomic::Ordering::Relaxed);
-            let a = in_pool(2, || {
-                greedy_kmeanspp(&x, &norms, n, d, k, None, &mut Rng::new(5), true)
+            let (a, skipped) = in_pool(2, || {
+                seed_and_count(&x, &norms, n, d, k, None, &mut Rng::new(5), true)
             });
-            let skipped = SKIPPED_BLOCKS.load(std::sync::atomic::Ordering::Relaxed) - before;
             let b = in_pool(1, || {
                 greedy_kmeanspp(&x, &norms, n, d, k, None, &mut Rng::new(5), false)
             });
