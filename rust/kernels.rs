@@ -211,6 +211,9 @@ impl RowOps for Avx512 {
     unsafe fn sq_norm(x: &[f32]) -> f64 {
         use std::arch::x86_64::*;
         /// `lo·lo + a0`, `hi·hi + a1` over the two f64 halves of `v`.
+        ///
+        /// # Safety
+        /// The CPU must have AVX-512F (no memory is touched).
         #[inline(always)]
         unsafe fn add_squares(v: __m512, a0: &mut __m512d, a1: &mut __m512d) {
             let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
