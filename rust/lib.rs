@@ -5,7 +5,9 @@
 //! `python` feature, which maturin enables) and only convert inputs, release
 //! the GIL, call the core and convert outputs.
 
+mod cpu;
 pub mod error;
+mod kernels;
 pub mod kmeans;
 pub mod labels;
 pub mod linalg;

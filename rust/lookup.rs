@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use rayon::prelude::*;
 
 use crate::error::{check_matrix, Error, Result};
+use crate::kernels::{row_dots, run_widest, RowKernel, RowOps};
 use crate::linalg::{checked_sq_norms, nearest, normalize_rows, Metric, ROW_BLOCK};
 
 /// The similarity used by [`nearest_prototype`].
@@ -71,454 +72,36 @@ struct Fused<'a> {
     metric: LookupMetric,
 }
 
-/// The two per-row reductions of the fused lookup. Every implementation
-/// sums in an order that depends only on the row length, never on the
-/// thread count.
-trait RowOps {
-    /// `‖x‖²`, accumulated in f64 (the product of two f32 is exact in f64,
-    /// so only the summation order differs between implementations).
-    ///
-    /// # Safety
-    /// The CPU must have the features the implementation is built for.
-    unsafe fn sq_norm(x: &[f32]) -> f64;
+/// One block of queries to score: the rows of `xb` (the rows from `base`
+/// on of the whole query matrix), their ids and scores to fill.
+struct FusedBlock<'a, 'b> {
+    f: &'a Fused<'a>,
+    xb: &'b [f32],
+    base: usize,
+    ids: &'b mut [u32],
+    scores: &'b mut [f32],
+}
 
-    /// `x·c` in f32 (`c.len() == x.len()`).
-    ///
-    /// # Safety
-    /// As for [`RowOps::sq_norm`].
-    unsafe fn dot(x: &[f32], c: &[f32]) -> f32;
+impl RowKernel for FusedBlock<'_, '_> {
+    type Output = BlockStatus;
 
-    /// `x·c[j]` for 4 rows at once, each summed exactly as [`RowOps::dot`]
-    /// sums it (one pass over `x` feeds four independent accumulations).
-    ///
-    /// # Safety
-    /// As for [`RowOps::sq_norm`].
+    /// Per row: its norm (which also validates it), its dot product with
+    /// each centroid, and the best centroid, ties to the lowest index.
     #[inline(always)]
-    unsafe fn dot4(x: &[f32], c: [&[f32]; 4]) -> [f32; 4] {
-        // SAFETY: the caller's.
-        c.map(|c| unsafe { Self::dot(x, c) })
+    unsafe fn run<R: RowOps>(self) -> BlockStatus {
+        let FusedBlock {
+            f,
+            xb,
+            base,
+            ids,
+            scores,
+        } = self;
+        // SAFETY: the CPU has `R`'s features (the caller's precondition).
+        unsafe { fused_block::<R>(f, xb, base, ids, scores) }
     }
 }
 
-/// Portable code over `L` independent lanes, summed in lane order, then the
-/// tail; `FMA`: fused multiply-adds (only where the target has them).
-struct Portable<const L: usize, const FMA: bool>;
-
-impl<const L: usize, const FMA: bool> RowOps for Portable<L, FMA> {
-    #[inline(always)]
-    unsafe fn sq_norm(x: &[f32]) -> f64 {
-        let body = x.len() - x.len() % L;
-        let mut acc = [0f64; L];
-        for xs in x[..body].chunks_exact(L) {
-            for l in 0..L {
-                let v = xs[l] as f64;
-                acc[l] += v * v;
-            }
-        }
-        acc.iter().sum::<f64>() + x[body..].iter().map(|&v| v as f64 * v as f64).sum::<f64>()
-    }
-
-    #[inline(always)]
-    unsafe fn dot(x: &[f32], c: &[f32]) -> f32 {
-        let madd = |a: f32, b: f32, s: f32| if FMA { a.mul_add(b, s) } else { a * b + s };
-        let body = x.len() - x.len() % L;
-        let mut acc = [0f32; L];
-        for (xs, cs) in x[..body].chunks_exact(L).zip(c[..body].chunks_exact(L)) {
-            for l in 0..L {
-                acc[l] = madd(xs[l], cs[l], acc[l]);
-            }
-        }
-        let mut s = acc.iter().sum::<f32>();
-        for (&a, &b) in x[body..].iter().zip(&c[body..]) {
-            s = madd(a, b, s);
-        }
-        s
-    }
-}
-
-/// AVX-512F: two 16-lane f32 accumulators, the tail in one masked step.
-#[cfg(target_arch = "x86_64")]
-struct Avx512;
-
-#[cfg(target_arch = "x86_64")]
-impl RowOps for Avx512 {
-    #[inline(always)]
-    unsafe fn sq_norm(x: &[f32]) -> f64 {
-        use std::arch::x86_64::*;
-        let n = x.len();
-        let p = x.as_ptr();
-        let (mut a0, mut a1) = (_mm512_setzero_pd(), _mm512_setzero_pd());
-        let mut i = 0;
-        // SAFETY (all loads): `i + 16 <= n`, or masked to the lanes below `n`.
-        while i + 16 <= n {
-            let v = _mm512_loadu_ps(p.add(i));
-            let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
-            let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
-                _mm512_castps_pd(v),
-            )));
-            a0 = _mm512_fmadd_pd(lo, lo, a0);
-            a1 = _mm512_fmadd_pd(hi, hi, a1);
-            i += 16;
-        }
-        if i < n {
-            let m: __mmask16 = (1u32 << (n - i)) as u16 - 1;
-            let v = _mm512_maskz_loadu_ps(m, p.add(i));
-            let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
-            let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
-                _mm512_castps_pd(v),
-            )));
-            a0 = _mm512_fmadd_pd(lo, lo, a0);
-            a1 = _mm512_fmadd_pd(hi, hi, a1);
-        }
-        _mm512_reduce_add_pd(_mm512_add_pd(a0, a1))
-    }
-
-    #[inline(always)]
-    unsafe fn dot(x: &[f32], c: &[f32]) -> f32 {
-        use std::arch::x86_64::*;
-        let n = x.len();
-        debug_assert_eq!(c.len(), n);
-        let (px, pc) = (x.as_ptr(), c.as_ptr());
-        let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        let mut i = 0;
-        // SAFETY (all loads): both slices hold `n` values; every load is
-        // within `n`, or masked to the lanes below `n`.
-        while i + 32 <= n {
-            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(px.add(i)), _mm512_loadu_ps(pc.add(i)), a0);
-            a1 = _mm512_fmadd_ps(
-                _mm512_loadu_ps(px.add(i + 16)),
-                _mm512_loadu_ps(pc.add(i + 16)),
-                a1,
-            );
-            i += 32;
-        }
-        if i + 16 <= n {
-            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(px.add(i)), _mm512_loadu_ps(pc.add(i)), a0);
-            i += 16;
-        }
-        if i < n {
-            let m: __mmask16 = (1u32 << (n - i)) as u16 - 1;
-            a1 = _mm512_fmadd_ps(
-                _mm512_maskz_loadu_ps(m, px.add(i)),
-                _mm512_maskz_loadu_ps(m, pc.add(i)),
-                a1,
-            );
-        }
-        _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
-    }
-
-    #[inline(always)]
-    unsafe fn dot4(x: &[f32], c: [&[f32]; 4]) -> [f32; 4] {
-        use std::arch::x86_64::*;
-        let n = x.len();
-        debug_assert!(c.iter().all(|c| c.len() == n));
-        let px = x.as_ptr();
-        let pc = c.map(|c| c.as_ptr());
-        let mut a0 = [_mm512_setzero_ps(); 4];
-        let mut a1 = [_mm512_setzero_ps(); 4];
-        let mut i = 0;
-        // SAFETY (all loads): as in `dot`, for each of the four rows.
-        while i + 32 <= n {
-            let (x0, x1) = (_mm512_loadu_ps(px.add(i)), _mm512_loadu_ps(px.add(i + 16)));
-            for j in 0..4 {
-                a0[j] = _mm512_fmadd_ps(x0, _mm512_loadu_ps(pc[j].add(i)), a0[j]);
-                a1[j] = _mm512_fmadd_ps(x1, _mm512_loadu_ps(pc[j].add(i + 16)), a1[j]);
-            }
-            i += 32;
-        }
-        if i + 16 <= n {
-            let x0 = _mm512_loadu_ps(px.add(i));
-            for j in 0..4 {
-                a0[j] = _mm512_fmadd_ps(x0, _mm512_loadu_ps(pc[j].add(i)), a0[j]);
-            }
-            i += 16;
-        }
-        if i < n {
-            let m: __mmask16 = (1u32 << (n - i)) as u16 - 1;
-            let x1 = _mm512_maskz_loadu_ps(m, px.add(i));
-            for j in 0..4 {
-                a1[j] = _mm512_fmadd_ps(x1, _mm512_maskz_loadu_ps(m, pc[j].add(i)), a1[j]);
-            }
-        }
-        std::array::from_fn(|j| _mm512_reduce_add_ps(_mm512_add_ps(a0[j], a1[j])))
-    }
-}
-
-/// AVX2 with FMA: two 8-lane f32 accumulators, then a scalar tail.
-#[cfg(target_arch = "x86_64")]
-struct Avx2;
-
-#[cfg(target_arch = "x86_64")]
-impl Avx2 {
-    /// The sum of the 4 lanes of `v`, in a fixed order.
-    #[inline(always)]
-    unsafe fn sum_pd(v: std::arch::x86_64::__m256d) -> f64 {
-        use std::arch::x86_64::*;
-        let s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd::<1>(v));
-        _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)))
-    }
-
-    /// The sum of the 8 lanes of `v`, in a fixed order.
-    #[inline(always)]
-    unsafe fn sum_ps(v: std::arch::x86_64::__m256) -> f32 {
-        use std::arch::x86_64::*;
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-impl RowOps for Avx2 {
-    #[inline(always)]
-    unsafe fn sq_norm(x: &[f32]) -> f64 {
-        use std::arch::x86_64::*;
-        let n = x.len();
-        let p = x.as_ptr();
-        let (mut a0, mut a1) = (_mm256_setzero_pd(), _mm256_setzero_pd());
-        let mut i = 0;
-        // SAFETY (all loads): `i + 8 <= n`.
-        while i + 8 <= n {
-            let lo = _mm256_cvtps_pd(_mm_loadu_ps(p.add(i)));
-            let hi = _mm256_cvtps_pd(_mm_loadu_ps(p.add(i + 4)));
-            a0 = _mm256_fmadd_pd(lo, lo, a0);
-            a1 = _mm256_fmadd_pd(hi, hi, a1);
-            i += 8;
-        }
-        let mut s = Self::sum_pd(_mm256_add_pd(a0, a1));
-        for &v in &x[i..] {
-            s += v as f64 * v as f64;
-        }
-        s
-    }
-
-    #[inline(always)]
-    unsafe fn dot(x: &[f32], c: &[f32]) -> f32 {
-        use std::arch::x86_64::*;
-        let n = x.len();
-        debug_assert_eq!(c.len(), n);
-        let (px, pc) = (x.as_ptr(), c.as_ptr());
-        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut i = 0;
-        // SAFETY (all loads): both slices hold `n` values and every load is
-        // within `n`.
-        while i + 16 <= n {
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(pc.add(i)), a0);
-            a1 = _mm256_fmadd_ps(
-                _mm256_loadu_ps(px.add(i + 8)),
-                _mm256_loadu_ps(pc.add(i + 8)),
-                a1,
-            );
-            i += 16;
-        }
-        if i + 8 <= n {
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(pc.add(i)), a0);
-            i += 8;
-        }
-        let mut s = Self::sum_ps(_mm256_add_ps(a0, a1));
-        for (&a, &b) in x[i..].iter().zip(&c[i..]) {
-            s = a.mul_add(b, s);
-        }
-        s
-    }
-
-    #[inline(always)]
-    unsafe fn dot4(x: &[f32], c: [&[f32]; 4]) -> [f32; 4] {
-        use std::arch::x86_64::*;
-        let n = x.len();
-        debug_assert!(c.iter().all(|c| c.len() == n));
-        let px = x.as_ptr();
-        let pc = c.map(|c| c.as_ptr());
-        let mut a0 = [_mm256_setzero_ps(); 4];
-        let mut a1 = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        // SAFETY (all loads): as in `dot`, for each of the four rows.
-        while i + 16 <= n {
-            let (x0, x1) = (_mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(px.add(i + 8)));
-            for j in 0..4 {
-                a0[j] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(pc[j].add(i)), a0[j]);
-                a1[j] = _mm256_fmadd_ps(x1, _mm256_loadu_ps(pc[j].add(i + 8)), a1[j]);
-            }
-            i += 16;
-        }
-        if i + 8 <= n {
-            let x0 = _mm256_loadu_ps(px.add(i));
-            for j in 0..4 {
-                a0[j] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(pc[j].add(i)), a0[j]);
-            }
-            i += 8;
-        }
-        std::array::from_fn(|j| {
-            let mut s = Self::sum_ps(_mm256_add_ps(a0[j], a1[j]));
-            for (&a, &b) in x[i..].iter().zip(&c[j][i..]) {
-                s = a.mul_add(b, s);
-            }
-            s
-        })
-    }
-}
-
-/// `out[j] = x·c[j]` for the `out.len()` rows of `c` (each `x.len()` long,
-/// `c.len() == out.len() · x.len()`): four rows at a time through
-/// [`RowOps::dot4`], the rest one by one. Each dot product is summed in an
-/// order that depends only on `x.len()` and on `j`'s position.
-///
-/// # Safety
-/// The CPU must have the features `R` is built for.
-#[inline(always)]
-unsafe fn row_dots<R: RowOps>(x: &[f32], c: &[f32], out: &mut [f32]) {
-    let d = x.len();
-    let mut quads = c.chunks_exact(4 * d);
-    let mut outs = out.chunks_exact_mut(4);
-    for (out, c) in (&mut outs).zip(&mut quads) {
-        let c = [&c[..d], &c[d..2 * d], &c[2 * d..3 * d], &c[3 * d..]];
-        // SAFETY: the caller's.
-        out.copy_from_slice(&unsafe { R::dot4(x, c) });
-    }
-    for (out, c) in outs
-        .into_remainder()
-        .iter_mut()
-        .zip(quads.remainder().chunks_exact(d))
-    {
-        // SAFETY: the caller's.
-        *out = unsafe { R::dot(x, c) };
-    }
-}
-
-/// [`block_dots`] over one implementation of the row reductions.
-///
-/// # Safety
-/// The CPU must have the features `R` is built for.
-#[inline(always)]
-unsafe fn block_dots_with<R: RowOps>(
-    xb: &[f32],
-    rows: usize,
-    c: &[f32],
-    t: usize,
-    d: usize,
-    out: &mut [f32],
-) {
-    let full = t / 4 * 4;
-    let rest = t - full;
-    // The last 2 or 3 candidates go through one `dot4` (the last repeated):
-    // it sums each exactly as `dot` would, with more independent
-    // accumulations than one `dot` at a time.
-    let tail = |j: usize| {
-        let j = full + j.min(rest.max(1) - 1);
-        &c[j * d..(j + 1) * d]
-    };
-    let (xb, out) = (&xb[..rows * d], &mut out[..rows * t]);
-    if t < 4 {
-        // Few candidates: four rows at a time against each candidate
-        // (`dot4(c, rows)` gives `dot(row, c)` bit for bit: every product
-        // and multiply-add is symmetric), for more independent loads.
-        let mut quads = xb.chunks_exact(4 * d);
-        let mut outs = out.chunks_exact_mut(4 * t);
-        for (xq, o) in (&mut quads).zip(&mut outs) {
-            let xs = [&xq[..d], &xq[d..2 * d], &xq[2 * d..3 * d], &xq[3 * d..]];
-            for j in 0..t {
-                // SAFETY: the caller's.
-                let v = unsafe { R::dot4(&c[j * d..(j + 1) * d], xs) };
-                for (r, v) in v.into_iter().enumerate() {
-                    o[r * t + j] = v;
-                }
-            }
-        }
-        for (x, o) in quads
-            .remainder()
-            .chunks_exact(d)
-            .zip(outs.into_remainder().chunks_exact_mut(t))
-        {
-            for (j, o) in o.iter_mut().enumerate() {
-                // SAFETY: the caller's.
-                *o = unsafe { R::dot(x, &c[j * d..(j + 1) * d]) };
-            }
-        }
-        return;
-    }
-    for (x, o) in xb.chunks_exact(d).zip(out.chunks_exact_mut(t)) {
-        // SAFETY (all calls): the caller's.
-        unsafe { row_dots::<R>(x, &c[..full * d], &mut o[..full]) };
-        match rest {
-            0 => {}
-            1 => o[full] = unsafe { R::dot(x, tail(0)) },
-            _ => {
-                let v = unsafe { R::dot4(x, [tail(0), tail(1), tail(2), tail(3)]) };
-                o[full..].copy_from_slice(&v[..rest]);
-            }
-        }
-    }
-}
-
-/// The portable [`block_dots`] (see [`fused_block_portable`]).
-fn block_dots_portable(xb: &[f32], rows: usize, c: &[f32], t: usize, d: usize, out: &mut [f32]) {
-    // SAFETY: portable code needs no CPU feature.
-    unsafe {
-        if cfg!(target_arch = "aarch64") {
-            block_dots_with::<Portable<16, true>>(xb, rows, c, t, d, out)
-        } else {
-            block_dots_with::<Portable<8, false>>(xb, rows, c, t, d, out)
-        }
-    }
-}
-
-/// # Safety
-/// The CPU must have AVX-512F, AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn block_dots_avx512(
-    xb: &[f32],
-    rows: usize,
-    c: &[f32],
-    t: usize,
-    d: usize,
-    out: &mut [f32],
-) {
-    // SAFETY: the caller's.
-    unsafe { block_dots_with::<Avx512>(xb, rows, c, t, d, out) }
-}
-
-/// # Safety
-/// The CPU must have AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn block_dots_avx2(xb: &[f32], rows: usize, c: &[f32], t: usize, d: usize, out: &mut [f32]) {
-    // SAFETY: the caller's.
-    unsafe { block_dots_with::<Avx2>(xb, rows, c, t, d, out) }
-}
-
-/// `out (rows×t) = xb (rows×d) · cᵀ (c is t×d)`, all row-major, in one
-/// pass over each row of `xb` (no packing): meant for a few columns `t`,
-/// where a general matrix product mostly moves memory. Uses the widest
-/// kernel the CPU runs, picked at run time. Every dot product is summed
-/// exactly as that kernel's single `x·c` (the fused lookup's order), so each
-/// value depends only on its row, its candidate and `d`: not on `t`, on the
-/// candidate's position or on which rows a call covers.
-pub(crate) fn block_dots(xb: &[f32], rows: usize, c: &[f32], t: usize, d: usize, out: &mut [f32]) {
-    assert!(d > 0 && xb.len() >= rows * d && c.len() == t * d && out.len() >= rows * t);
-    if rows == 0 || t == 0 {
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has the features the kernel is built for.
-            return unsafe { block_dots_avx512(xb, rows, c, t, d, out) };
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: as above.
-            return unsafe { block_dots_avx2(xb, rows, c, t, d, out) };
-        }
-    }
-    block_dots_portable(xb, rows, c, t, d, out)
-}
-
-/// Scores the rows of one block of queries (`xb`, the rows from `base` on):
-/// per row its norm (which also validates it), its dot product with each
-/// centroid, and the best centroid, ties to the lowest index.
+/// [`FusedBlock::run`].
 ///
 /// # Safety
 /// The CPU must have the features `R` is built for.
@@ -531,6 +114,9 @@ unsafe fn fused_block<R: RowOps>(
     scores: &mut [f32],
 ) -> BlockStatus {
     let d = f.d;
+    // `row_dots` below gets `k` rows of `d` values and each query row's `d`
+    // values (`chunks_exact(d)`).
+    debug_assert_eq!(f.c.len(), f.k * d);
     let mut status = BlockStatus::default();
     let mut dots = [0f32; FUSED_MAX_K];
     let dots = &mut dots[..f.k];
@@ -540,14 +126,15 @@ unsafe fn fused_block<R: RowOps>(
         .zip(scores.iter_mut())
         .enumerate()
     {
-        // SAFETY: the caller's.
+        // SAFETY: the CPU has `R`'s features (the caller's precondition).
         let norm = unsafe { R::sq_norm(x) };
         // Finite f32 values cannot overflow the f64 norm: it is finite
         // exactly when the row is.
         if !norm.is_finite() {
             status.non_finite.get_or_insert(base + r);
         }
-        // SAFETY: the caller's.
+        // SAFETY: as above; `f.c` holds `dots.len() = k` rows of
+        // `d = x.len()` values (asserted above).
         unsafe { row_dots::<R>(x, f.c, dots) };
         let (best, value) = match f.metric {
             LookupMetric::L2 => {
@@ -583,83 +170,6 @@ unsafe fn fused_block<R: RowOps>(
         *score = value;
     }
     status
-}
-
-/// The kernel signature shared by every variant.
-type BlockFn = fn(&Fused<'_>, &[f32], usize, &mut [u32], &mut [f32]) -> BlockStatus;
-
-/// The portable kernel: 8 lanes of plain products and sums on x86-64
-/// without AVX2/FMA; 16 lanes of fused multiply-adds on aarch64 (always
-/// has them); 8 lanes of plain arithmetic elsewhere.
-fn fused_block_portable(
-    f: &Fused<'_>,
-    xb: &[f32],
-    base: usize,
-    ids: &mut [u32],
-    scores: &mut [f32],
-) -> BlockStatus {
-    // SAFETY: portable code needs no CPU feature.
-    unsafe {
-        if cfg!(target_arch = "aarch64") {
-            fused_block::<Portable<16, true>>(f, xb, base, ids, scores)
-        } else {
-            fused_block::<Portable<8, false>>(f, xb, base, ids, scores)
-        }
-    }
-}
-
-/// # Safety
-/// The CPU must have AVX-512F, AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn fused_block_avx512(
-    f: &Fused<'_>,
-    xb: &[f32],
-    base: usize,
-    ids: &mut [u32],
-    scores: &mut [f32],
-) -> BlockStatus {
-    // SAFETY: the caller's.
-    unsafe { fused_block::<Avx512>(f, xb, base, ids, scores) }
-}
-
-/// # Safety
-/// The CPU must have AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn fused_block_avx2(
-    f: &Fused<'_>,
-    xb: &[f32],
-    base: usize,
-    ids: &mut [u32],
-    scores: &mut [f32],
-) -> BlockStatus {
-    // SAFETY: the caller's.
-    unsafe { fused_block::<Avx2>(f, xb, base, ids, scores) }
-}
-
-/// The widest kernel this CPU runs, picked at run time (the same for every
-/// block and thread, so results do not depend on the thread count).
-fn fused_kernel() -> BlockFn {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has the features the kernel is built for.
-            return |f, xb, base, ids, scores| unsafe {
-                fused_block_avx512(f, xb, base, ids, scores)
-            };
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: as above.
-            return |f, xb, base, ids, scores| unsafe {
-                fused_block_avx2(f, xb, base, ids, scores)
-            };
-        }
-    }
-    fused_block_portable
 }
 
 /// For each of the `q` rows of `queries` (q×d), the index of the nearest of
@@ -767,7 +277,6 @@ fn nearest_fused(
         d,
         metric,
     };
-    let kernel = fused_kernel();
     let mut ids = vec![0u32; q];
     let mut scores = vec![0f32; q];
     let statuses: Vec<BlockStatus> = queries
@@ -775,7 +284,17 @@ fn nearest_fused(
         .zip(ids.par_chunks_mut(ROW_BLOCK))
         .zip(scores.par_chunks_mut(ROW_BLOCK))
         .enumerate()
-        .map(|(b, ((xb, ib), sb))| kernel(&f, xb, b * ROW_BLOCK, ib, sb))
+        .map(|(b, ((xb, ib), sb))| {
+            // The same kernel for every block and thread: the CPU's level
+            // is detected once.
+            run_widest(FusedBlock {
+                f: &f,
+                xb,
+                base: b * ROW_BLOCK,
+                ids: ib,
+                scores: sb,
+            })
+        })
         .collect();
     if let Some(row) = statuses.iter().find_map(|s| s.non_finite) {
         return Err(Error::NonFinite {
@@ -795,6 +314,9 @@ fn nearest_fused(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::CpuLevel;
+    use crate::kernels::tests::values;
+    use crate::kernels::{run_at, Portable};
 
     #[test]
     fn l2_and_cosine() {
@@ -821,19 +343,6 @@ mod tests {
         assert!(nearest_prototype(&[1.0, 0.0], 1, &[], 0, 2, LookupMetric::L2).is_err());
         assert!("dot".parse::<LookupMetric>().is_err());
     }
-    /// Deterministic pseudo-random values in [-1, 1).
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
-
     /// Brute force in f64: for each query, the distance (L2) or cosine to
     /// every centroid.
     fn brute(x: &[f32], c: &[f32], d: usize, metric: LookupMetric) -> Vec<Vec<f64>> {
@@ -889,7 +398,7 @@ mod tests {
 
     /// Runs one kernel variant over the whole matrix, block by block.
     fn run_variant(
-        variant: BlockFn,
+        variant: &BlockFn,
         x: &[f32],
         c: &[f32],
         k: usize,
@@ -923,30 +432,48 @@ mod tests {
         (ids, scores, statuses)
     }
 
+    /// One kernel variant, run on a block.
+    type BlockFn = Box<dyn Fn(&Fused<'_>, &[f32], usize, &mut [u32], &mut [f32]) -> BlockStatus>;
+
     /// Every kernel variant this CPU can run, by name.
-    fn variants() -> Vec<(&'static str, BlockFn)> {
-        let mut v: Vec<(&'static str, BlockFn)> = vec![
-            ("dispatch", fused_kernel()),
-            ("portable", fused_block_portable),
-            ("portable-8", |f, x, b, i, s| unsafe {
-                fused_block::<Portable<8, false>>(f, x, b, i, s)
-            }),
+    fn variants() -> Vec<(String, BlockFn)> {
+        let mut v: Vec<(String, BlockFn)> = vec![
+            (
+                "dispatch".into(),
+                Box::new(|f, xb, base, ids, scores| {
+                    run_widest(FusedBlock {
+                        f,
+                        xb,
+                        base,
+                        ids,
+                        scores,
+                    })
+                }),
+            ),
+            (
+                "portable-8".into(),
+                // SAFETY: portable code needs no CPU feature.
+                Box::new(|f, x, b, i, s| unsafe {
+                    fused_block::<Portable<8, false>>(f, x, b, i, s)
+                }),
+            ),
         ];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                v.push(("avx2", |f, x, b, i, s| unsafe {
-                    fused_block_avx2(f, x, b, i, s)
-                }));
-            }
-            if is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-            {
-                v.push(("avx512", |f, x, b, i, s| unsafe {
-                    fused_block_avx512(f, x, b, i, s)
-                }));
-            }
+        for level in CpuLevel::available() {
+            v.push((
+                format!("{level:?}"),
+                Box::new(move |f, xb, base, ids, scores| {
+                    assert!(level <= crate::cpu::level());
+                    let kernel = FusedBlock {
+                        f,
+                        xb,
+                        base,
+                        ids,
+                        scores,
+                    };
+                    // SAFETY: the CPU supports `level` (asserted above).
+                    unsafe { run_at(level, kernel) }
+                }),
+            ));
         }
         v
     }
@@ -974,7 +501,7 @@ mod tests {
                         "d={d} k={k} {metric:?}: {same}/{q}"
                     );
                     for (name, variant) in variants() {
-                        let (vids, vscores, st) = run_variant(variant, &x, &c, k, d, metric);
+                        let (vids, vscores, st) = run_variant(&variant, &x, &c, k, d, metric);
                         assert!(st
                             .iter()
                             .all(|s| s.non_finite.is_none() && s.zero_norm.is_none()));
@@ -988,95 +515,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    /// Every `block_dots` variant this CPU can run, by name.
-    #[allow(clippy::type_complexity)]
-    fn block_dots_variants() -> Vec<(
-        &'static str,
-        fn(&[f32], usize, &[f32], usize, usize, &mut [f32]),
-    )> {
-        let mut v: Vec<(
-            &'static str,
-            fn(&[f32], usize, &[f32], usize, usize, &mut [f32]),
-        )> = vec![("dispatch", block_dots), ("portable", block_dots_portable)];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                v.push(("avx2", |x, r, c, t, d, o| unsafe {
-                    block_dots_avx2(x, r, c, t, d, o)
-                }));
-            }
-            if is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-            {
-                v.push(("avx512", |x, r, c, t, d, o| unsafe {
-                    block_dots_avx512(x, r, c, t, d, o)
-                }));
-            }
-        }
-        v
-    }
-
-    #[test]
-    fn block_dots_matches_naive_dot_products() {
-        for &d in &[1usize, 3, 8, 15, 16, 17, 31, 33, 45, 384] {
-            for t in 1..=9 {
-                let rows = 37;
-                let x = values(rows * d, (d * 10 + t) as u64);
-                let c = values(t * d, (d * 10 + t) as u64 + 3);
-                for (name, f) in block_dots_variants() {
-                    let mut out = vec![f32::NAN; rows * t];
-                    f(&x, rows, &c, t, d, &mut out);
-                    for r in 0..rows {
-                        for j in 0..t {
-                            let xr = &x[r * d..(r + 1) * d];
-                            let cr = &c[j * d..(j + 1) * d];
-                            let exact: f64 =
-                                xr.iter().zip(cr).map(|(&a, &b)| a as f64 * b as f64).sum();
-                            let scale: f64 = xr
-                                .iter()
-                                .zip(cr)
-                                .map(|(&a, &b)| (a as f64 * b as f64).abs())
-                                .sum();
-                            let got = out[r * t + j] as f64;
-                            assert!(
-                                (got - exact).abs() <= 1e-6 * (1.0 + scale),
-                                "{name} d={d} t={t} ({r},{j}): {got} vs {exact}"
-                            );
-                        }
-                    }
-                    // The same bits whichever rows a call covers.
-                    let mut one = vec![0f32; t];
-                    for r in [0, 5, rows - 1] {
-                        f(&x[r * d..(r + 1) * d], 1, &c, t, d, &mut one);
-                        assert_eq!(one, out[r * t..(r + 1) * t], "{name} d={d} t={t} row {r}");
-                    }
-                    // The same bits one candidate at a time (every grouping
-                    // sums each dot product alike).
-                    for j in 0..t {
-                        let mut single = vec![0f32; rows];
-                        f(&x, rows, &c[j * d..(j + 1) * d], 1, d, &mut single);
-                        for r in 0..rows {
-                            assert_eq!(
-                                single[r].to_bits(),
-                                out[r * t + j].to_bits(),
-                                "{name} d={d} t={t} ({r},{j})"
-                            );
-                        }
-                    }
-                    // Only the first `rows` rows are read and written.
-                    let mut part = vec![-1f32; rows * t];
-                    f(&x, 3, &c, t, d, &mut part);
-                    assert_eq!(part[..3 * t], out[..3 * t]);
-                    assert!(part[3 * t..].iter().all(|&v| v == -1.0));
-                }
-            }
-        }
-        // No rows, no candidates.
-        block_dots(&[], 0, &[1.0, 2.0], 1, 2, &mut []);
-        block_dots(&[1.0, 2.0], 1, &[], 0, 2, &mut []);
     }
 
     #[test]
@@ -1093,7 +531,7 @@ mod tests {
                 let (ids, _) = nearest_prototype(&x, 50, &c[..k * d], k, d, metric).unwrap();
                 assert!(ids.iter().all(|&i| i < 4), "{metric:?} k={k}: {ids:?}");
                 for (name, variant) in variants() {
-                    let (vids, _, _) = run_variant(variant, &x, &c[..k * d], k, d, metric);
+                    let (vids, _, _) = run_variant(&variant, &x, &c[..k * d], k, d, metric);
                     assert_eq!(vids, ids, "{name}");
                 }
             }

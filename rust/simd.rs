@@ -4,14 +4,14 @@
 //! plain loops would use 128-bit vectors even on AVX-512 machines. Each
 //! function here is written once as portable code over fixed-width lanes and
 //! compiled again with AVX-512 and with AVX2 enabled; the widest version the
-//! CPU supports is picked at run time.
+//! CPU supports ([`crate::cpu::level`]) is picked at run time.
 //!
 //! Results never depend on the version picked: every loop is element-wise or
 //! reduces over a fixed number of lanes in a fixed order (no reassociation,
 //! no fused multiply-add), so all versions round identically.
 
-/// Defines `fn $name` that runs the body compiled for AVX-512F, AVX2 or the
-/// baseline, whichever is the widest the CPU supports.
+/// Defines `fn $name` that runs the body compiled for AVX-512, AVX2 or the
+/// baseline, as the CPU's level says.
 macro_rules! multiversion {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
@@ -24,19 +24,14 @@ macro_rules! multiversion {
                 unsafe fn v4($($arg: $ty),*) $(-> $ret)? { imp($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn v3($($arg: $ty),*) $(-> $ret)? { imp($($arg),*) }
-                if std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512vl")
-                    && std::arch::is_x86_feature_detected!("avx512bw")
-                    && std::arch::is_x86_feature_detected!("avx512dq")
-                {
-                    // SAFETY: the CPU supports every feature `v4` enables.
-                    return unsafe { v4($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU supports every feature `v3` enables.
-                    return unsafe { v3($($arg),*) };
+                match $crate::cpu::level() {
+                    // SAFETY: `level()` is `Avx512` only on a CPU that has
+                    // every feature `v4` enables (see `CpuLevel::detect`).
+                    $crate::cpu::CpuLevel::Avx512 => return unsafe { v4($($arg),*) },
+                    // SAFETY: `level()` is `Avx2` only on a CPU that has AVX2
+                    // and FMA, the features `v3` enables.
+                    $crate::cpu::CpuLevel::Avx2 => return unsafe { v3($($arg),*) },
+                    $crate::cpu::CpuLevel::Portable => {}
                 }
             }
             imp($($arg),*)

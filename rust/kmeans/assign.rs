@@ -1,0 +1,367 @@
+//! The assignment step with grouped (Yinyang) bounds.
+
+use rayon::prelude::*;
+
+use crate::simd::column_argmin2;
+
+use super::bounds::{dist_rel_err, Bounds, Groups};
+
+/// The centroids of one iteration in group order, with what the bounded
+/// assignment needs.
+pub(super) struct GroupedCentroids<'a> {
+    /// Original order (for the distance to a point's own centroid), and
+    /// squared norms.
+    pub(super) c: &'a [f32],
+    pub(super) c_norms: &'a [f32],
+    /// Rows permuted into group order, and their squared norms.
+    pub(super) cp: Vec<f32>,
+    pub(super) cp_norms: Vec<f32>,
+    pub(super) groups: &'a Groups,
+    /// Half the distance from each centroid to its nearest other one (a
+    /// lower bound), original order; zeros when not computed.
+    pub(super) half_sep: Vec<f32>,
+    /// How far each centroid moved in the last update (an upper bound), and
+    /// the largest move in each group.
+    pub(super) drift: &'a [f64],
+    pub(super) group_drift: &'a [f64],
+    pub(super) c_max: f64,
+}
+
+/// Work buffers of one thread of [`assign_grouped`].
+#[derive(Default)]
+struct Scratch {
+    need: Vec<u32>,
+    per_group: Vec<Vec<u32>>,
+    gathered: Vec<f32>,
+    dots: Vec<f32>,
+    dots_rows: Vec<f32>,
+    best: Vec<(f32, u32)>,
+    /// Each block row's position in `need` (`u32::MAX`: not needed).
+    pos: Vec<u32>,
+    cols: GroupScan,
+    /// (row position in `need`, group, smallest, second smallest, original
+    /// index of the smallest) for every group computed for a row.
+    found: Vec<(u32, u32, f32, f32, u32)>,
+}
+
+/// Per row, the smallest value over one group of centroids, the second
+/// smallest and the original index of the smallest.
+#[derive(Default)]
+struct GroupScan {
+    m1: Vec<f32>,
+    m2: Vec<f32>,
+    arg: Vec<u32>,
+}
+
+impl GroupScan {
+    /// Over group `g` of the centroids, for each of the `m` rows whose
+    /// products with the group's centroids are the columns of `dots` (one
+    /// row of `m` per centroid): the smallest value of `‖c‖² − 2x·c`, the
+    /// second smallest and the original index of the smallest (the lowest
+    /// among equals: a group's centroids are in ascending order), into
+    /// `m1`, `m2` and `arg`.
+    fn scan(&mut self, gc: &GroupedCentroids, g: usize, dots: &[f32], m: usize) {
+        let (st, en) = (gc.groups.start[g], gc.groups.start[g + 1]);
+        self.m1.resize(m, 0.0);
+        self.m2.resize(m, 0.0);
+        self.arg.resize(m, 0);
+        column_argmin2(
+            &gc.cp_norms[st..en],
+            dots,
+            &mut self.m1,
+            &mut self.m2,
+            &mut self.arg,
+        );
+        for a in &mut self.arg {
+            *a = gc.groups.order[st + *a as usize];
+        }
+    }
+}
+
+/// Rows per block of the bounded assignment: larger than
+/// [`ROW_BLOCK`](crate::linalg::ROW_BLOCK) so
+/// that the rows needing one group make a product large enough to run at
+/// full rate. Fixed, like every block size here.
+const GROUP_BLOCK: usize = 256;
+
+/// What one call of [`assign_grouped`] computed.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct AssignStats {
+    /// Point–centroid distances computed.
+    pub(super) distances: usize,
+    /// Per-group products run (rows gathered for one group of centroids).
+    pub(super) group_products: usize,
+}
+
+impl std::ops::Add for AssignStats {
+    type Output = AssignStats;
+
+    fn add(self, o: AssignStats) -> AssignStats {
+        AssignStats {
+            distances: self.distances + o.distances,
+            group_products: self.group_products + o.group_products,
+        }
+    }
+}
+
+/// The assignment step with grouped (Yinyang) bounds, exact: a point keeps
+/// its label when its bounds prove that no centroid is nearer, and a group
+/// of centroids is skipped for a point when its bound proves none of them is
+/// nearer, with a margin for the rounding of the computed distances; the
+/// labels are those of the plain step up to exact float ties, which go to
+/// the lowest index as there. With `full`, every point is compared with every
+/// centroid and its bounds are set afresh. Otherwise the bounds are first
+/// moved by the last update's drifts. Work is split in fixed row blocks; a
+/// block's products are one GEMM per group over the points that need it.
+/// `dists` gets the squared distance of the points that were compared.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn assign_grouped(
+    x: &[f32],
+    x_norms: &[f32],
+    d: usize,
+    gc: &GroupedCentroids,
+    full: bool,
+    labels: &mut [u32],
+    dists: &mut [f32],
+    bounds: &mut Bounds,
+) -> AssignStats {
+    let t = gc.groups.len();
+    let parts: Vec<AssignStats> = x
+        .par_chunks(GROUP_BLOCK * d)
+        .zip(labels.par_chunks_mut(GROUP_BLOCK))
+        .zip(dists.par_chunks_mut(GROUP_BLOCK))
+        .zip(bounds.upper.par_chunks_mut(GROUP_BLOCK))
+        .zip(bounds.lower.par_chunks_mut(GROUP_BLOCK * t))
+        .enumerate()
+        .map_init(Scratch::default, |s, (b, ((((xb, lb), db), ub), lwb))| {
+            let base = b * GROUP_BLOCK;
+            let mut block = Block {
+                x: xb,
+                norms: &x_norms[base..base + lb.len()],
+                labels: lb,
+                dists: db,
+                upper: ub,
+                lower: lwb,
+            };
+            let pairs_needed = s.rows_to_compute(gc, &mut block, d, full);
+            let m = s.need.len();
+            if m == 0 {
+                return AssignStats::default();
+            }
+            s.reset_found(block.labels.len());
+            let k = gc.cp_norms.len();
+            let stats = if full || pairs_needed * 2 >= m * k {
+                s.scan_all_groups(gc, block.x, d)
+            } else {
+                s.scan_needed_groups(gc, block.x, d, pairs_needed)
+            };
+            s.settle(gc, &mut block, d);
+            stats
+        })
+        .collect();
+    parts.into_iter().fold(AssignStats::default(), |a, b| a + b)
+}
+
+/// One block of points of [`assign_grouped`], with their labels, distances
+/// and bounds (`lower`: one row of groups per point).
+struct Block<'b> {
+    x: &'b [f32],
+    norms: &'b [f32],
+    labels: &'b mut [u32],
+    dists: &'b mut [f32],
+    upper: &'b mut [f32],
+    lower: &'b mut [f32],
+}
+
+impl Scratch {
+    /// Moves the bounds of the block's points by the last drifts and lists
+    /// the points whose bounds do not prove their label (all of them when
+    /// `full`) in `need`, and per group the points that must be compared
+    /// with it in `per_group`; returns how many point–centroid distances
+    /// the groups listed add up to.
+    fn rows_to_compute(
+        &mut self,
+        gc: &GroupedCentroids,
+        b: &mut Block,
+        d: usize,
+        full: bool,
+    ) -> usize {
+        let t = gc.groups.len();
+        let rows = b.labels.len();
+        self.need.clear();
+        self.per_group.resize_with(t, Vec::new);
+        self.per_group.iter_mut().for_each(Vec::clear);
+        let mut pairs_needed = 0usize;
+        for r in 0..rows {
+            if full {
+                self.need.push(r as u32);
+                continue;
+            }
+            let a = b.labels[r] as usize;
+            let lw = &mut b.lower[r * t..(r + 1) * t];
+            let mut glb = f32::INFINITY;
+            for (l, &gd) in lw.iter_mut().zip(gc.group_drift) {
+                *l = ((*l as f64 - gd).max(0.0) * (1.0 - 1e-6)) as f32;
+                glb = glb.min(*l);
+            }
+            let bound = glb.max(gc.half_sep[a]);
+            let u = ((b.upper[r] as f64 + gc.drift[a]) * (1.0 + 1e-6)) as f32;
+            b.upper[r] = u;
+            if u <= bound {
+                continue;
+            }
+            // Tighten the upper bound to the current distance (computed
+            // in f32 like every other distance, within the margin `e`).
+            let xn = b.norms[r] as f64;
+            let e = dist_rel_err(d) * (xn + gc.c_max);
+            let dot = crate::simd::dot(&b.x[r * d..(r + 1) * d], &gc.c[a * d..(a + 1) * d]);
+            let computed = (xn + gc.c_norms[a] as f64 - 2.0 * dot as f64).max(0.0);
+            let u = ((computed + 2.0 * e).sqrt() * (1.0 + 1e-6)) as f32;
+            b.upper[r] = u;
+            if u <= bound {
+                continue;
+            }
+            let own = gc.groups.of[a] as usize;
+            for (g, &l) in lw.iter().enumerate() {
+                if l < u || g == own {
+                    self.per_group[g].push(r as u32);
+                    pairs_needed += gc.groups.start[g + 1] - gc.groups.start[g];
+                }
+            }
+            self.need.push(r as u32);
+        }
+        pairs_needed
+    }
+
+    /// Clears the per-row results of the `need` rows of a block of `rows`.
+    fn reset_found(&mut self, rows: usize) {
+        let m = self.need.len();
+        self.best.clear();
+        self.best.resize(m, (f32::INFINITY, u32::MAX));
+        self.found.clear();
+        self.pos.clear();
+        self.pos.resize(rows, u32::MAX);
+        for (p, &r) in self.need.iter().enumerate() {
+            self.pos[r as usize] = p as u32;
+        }
+    }
+
+    /// Most groups are needed: one product of the `need` rows with all
+    /// centroids, every group scanned.
+    fn scan_all_groups(&mut self, gc: &GroupedCentroids, xb: &[f32], d: usize) -> AssignStats {
+        let (k, t) = (gc.cp_norms.len(), gc.groups.len());
+        let m = self.need.len();
+        let src: &[f32] = if m == xb.len() / d {
+            xb
+        } else {
+            self.gathered.clear();
+            for &r in &self.need {
+                let r = r as usize;
+                self.gathered.extend_from_slice(&xb[r * d..(r + 1) * d]);
+            }
+            &self.gathered
+        };
+        self.dots.resize(m * k, 0.0);
+        crate::linalg::dot_nt_transposed(src, m, &gc.cp, k, d, &mut self.dots, &mut self.dots_rows);
+        for g in 0..t {
+            let (st, en) = (gc.groups.start[g], gc.groups.start[g + 1]);
+            self.cols.scan(gc, g, &self.dots[st * m..en * m], m);
+            for p in 0..m {
+                let c = &self.cols;
+                let found = (p as u32, g as u32, c.m1[p], c.m2[p], c.arg[p]);
+                self.found.push(found);
+            }
+        }
+        AssignStats {
+            distances: m * k,
+            group_products: 0,
+        }
+    }
+
+    /// Few groups are needed: per group, one product of the rows that need
+    /// it (`pairs_needed` distances in all).
+    fn scan_needed_groups(
+        &mut self,
+        gc: &GroupedCentroids,
+        xb: &[f32],
+        d: usize,
+        pairs_needed: usize,
+    ) -> AssignStats {
+        let mut products = 0;
+        for g in 0..gc.groups.len() {
+            let rows_g = &self.per_group[g];
+            if rows_g.is_empty() {
+                continue;
+            }
+            let (st, en) = (gc.groups.start[g], gc.groups.start[g + 1]);
+            let kg = en - st;
+            let mg = rows_g.len();
+            self.gathered.clear();
+            for &r in rows_g {
+                let r = r as usize;
+                self.gathered.extend_from_slice(&xb[r * d..(r + 1) * d]);
+            }
+            self.dots.resize(mg * kg, 0.0);
+            products += 1;
+            crate::linalg::dot_nt_transposed(
+                &self.gathered,
+                mg,
+                &gc.cp[st * d..en * d],
+                kg,
+                d,
+                &mut self.dots,
+                &mut self.dots_rows,
+            );
+            self.cols.scan(gc, g, &self.dots[..mg * kg], mg);
+            for (q, &r) in self.per_group[g].iter().enumerate() {
+                let c = &self.cols;
+                let found = (self.pos[r as usize], g as u32, c.m1[q], c.m2[q], c.arg[q]);
+                self.found.push(found);
+            }
+        }
+        AssignStats {
+            distances: pairs_needed,
+            group_products: products,
+        }
+    }
+
+    /// From the groups scanned: each `need` row's nearest centroid (lowest
+    /// original index among equals), its distance and fresh bounds.
+    fn settle(&mut self, gc: &GroupedCentroids, b: &mut Block, d: usize) {
+        let t = gc.groups.len();
+        for &(p, _, m1, _, arg) in &self.found {
+            let best = &mut self.best[p as usize];
+            if m1 < best.0 || (m1 == best.0 && arg < best.1) {
+                *best = (m1, arg);
+            }
+        }
+        for (p, &r) in self.need.iter().enumerate() {
+            let r = r as usize;
+            let (v, arg) = self.best[p];
+            let xn = b.norms[r];
+            let e = dist_rel_err(d) * (xn as f64 + gc.c_max);
+            let d1 = (xn + v).max(0.0);
+            b.labels[r] = arg;
+            b.dists[r] = d1;
+            b.upper[r] = ((d1 as f64 + e).sqrt() * (1.0 + 1e-6)) as f32;
+        }
+        // Fresh lower bounds of the computed groups: the group's smallest
+        // distance, or its second smallest when it holds the new label.
+        for &(p, g, m1, m2, _) in &self.found {
+            let r = self.need[p as usize] as usize;
+            let label = b.labels[r];
+            let m = if gc.groups.of[label as usize] == g {
+                m2
+            } else {
+                m1
+            };
+            let xn = b.norms[r];
+            let e = dist_rel_err(d) * (xn as f64 + gc.c_max);
+            b.lower[r * t + g as usize] = if m.is_finite() {
+                (((xn + m) as f64 - e).max(0.0).sqrt() * (1.0 - 1e-6)) as f32
+            } else {
+                f32::INFINITY
+            };
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! Lloyd's iterations, with or without the grouped bounds.
+
+use crate::linalg::{nearest, row_sq_norms, sq_dist, Metric};
+
+use super::assign::{assign_grouped, AssignStats, GroupedCentroids};
+use super::bounds::{half_separation, Bounds, Groups};
+use super::sums::{exact_inertia, ClusterSums};
+use super::KMeansResult;
+
+/// Lloyd iterations from `centroids`; returns the run's result with labels
+/// and inertia taken against the returned centroids.
+///
+/// With `bounded`, the assignment step skips the points and groups of
+/// centroids whose bounds prove the label unchanged ([`assign_grouped`]); the
+/// labels are those of the plain step (up to exact float ties), and so are the
+/// centroids.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn lloyd(
+    x: &[f32],
+    x_norms: &[f32],
+    n: usize,
+    d: usize,
+    centroids: Vec<f32>,
+    max_iter: usize,
+    tol: f64,
+    spherical: bool,
+    bounded: bool,
+) -> KMeansResult {
+    lloyd_counting(
+        x, x_norms, n, d, centroids, max_iter, tol, spherical, bounded,
+    )
+    .0
+}
+
+/// [`lloyd`], and how many per-group products its bounded steps ran.
+#[allow(clippy::too_many_arguments)]
+fn lloyd_counting(
+    x: &[f32],
+    x_norms: &[f32],
+    n: usize,
+    d: usize,
+    mut centroids: Vec<f32>,
+    max_iter: usize,
+    tol: f64,
+    spherical: bool,
+    bounded: bool,
+) -> (KMeansResult, usize) {
+    let k = centroids.len() / d;
+    let mut labels = vec![0u32; n];
+    let mut dists = vec![0f32; n];
+    let mut bounded = (bounded && max_iter > 0).then(|| BoundedSteps::new(&centroids, n, d));
+    let mut group_products = 0;
+    let mut sums = ClusterSums::new();
+    let mut n_iter = 0;
+    let mut converged = false;
+    for it in 0..max_iter {
+        let c_norms = row_sq_norms(&centroids, d);
+        let step_bounded = bounded.as_mut().is_some_and(|b| b.next_is_bounded());
+        match (&mut bounded, step_bounded) {
+            (Some(b), true) => {
+                let stats = b.assign(
+                    x,
+                    x_norms,
+                    d,
+                    &centroids,
+                    &c_norms,
+                    max_iter,
+                    &mut labels,
+                    &mut dists,
+                );
+                group_products += stats.group_products;
+            }
+            _ => nearest(
+                x,
+                x_norms,
+                &centroids,
+                &c_norms,
+                d,
+                Metric::L2,
+                &mut labels,
+                &mut dists,
+            ),
+        }
+        // The sums follow the labels of the previous step, so no point
+        // moving means the labels did not change: converged.
+        let moved = sums.update(x, d, k, &labels);
+        let new = sums.centroids(x, d, &dists, &centroids, spherical);
+        let sq_drift: Vec<f64> = (0..k)
+            .map(|j| sq_dist(&new[j * d..(j + 1) * d], &centroids[j * d..(j + 1) * d]))
+            .collect();
+        let shift: f64 = sq_drift.iter().sum();
+        if let Some(b) = &mut bounded {
+            b.set_drift(&sq_drift);
+        }
+        centroids = new;
+        n_iter = it + 1;
+        if moved == 0 || shift <= tol {
+            converged = true;
+            break;
+        }
+    }
+    let c_norms = row_sq_norms(&centroids, d);
+    nearest(
+        x,
+        x_norms,
+        &centroids,
+        &c_norms,
+        d,
+        Metric::L2,
+        &mut labels,
+        &mut dists,
+    );
+    let inertia = exact_inertia(x, d, &centroids, &labels);
+    let result = KMeansResult {
+        centroids,
+        labels,
+        inertia,
+        n_iter,
+        converged,
+    };
+    (result, group_products)
+}
+
+/// What the bounded steps of a Lloyd run keep from one step to the next.
+struct BoundedSteps {
+    groups: Groups,
+    bounds: Bounds,
+    /// How far each centroid moved in the last update, and the largest move
+    /// per group (upper bounds).
+    drift: Vec<f64>,
+    group_drift: Vec<f64>,
+    /// Whether the next bounded step compares every point with every
+    /// centroid.
+    full: bool,
+    /// When a bounded step still computes more than half of the distances
+    /// it costs more than a plain one (its products are smaller and its rows
+    /// are copied per group), so the next `cooldown` steps are plain ones
+    /// (no bounds kept), the last of them a full step that sets the bounds
+    /// afresh; each failure doubles the wait (`backoff`), a success resets
+    /// it.
+    cooldown: usize,
+    backoff: usize,
+}
+
+impl BoundedSteps {
+    /// Groups of the initial `centroids` and room for the bounds of `n`
+    /// points.
+    fn new(centroids: &[f32], n: usize, d: usize) -> Self {
+        let k = centroids.len() / d;
+        let groups = Groups::new(centroids, k, d);
+        let t = groups.len();
+        BoundedSteps {
+            bounds: Bounds {
+                upper: vec![0f32; if t > 0 { n } else { 0 }],
+                lower: vec![0f32; n * t],
+            },
+            groups,
+            drift: vec![0f64; k],
+            group_drift: vec![0f64; t],
+            full: true,
+            cooldown: 0,
+            backoff: 2,
+        }
+    }
+
+    /// Whether the coming step is a bounded one (counts down a cooldown).
+    fn next_is_bounded(&mut self) -> bool {
+        if self.cooldown > 0 {
+            self.cooldown -= 1;
+            self.full = true;
+            return self.cooldown == 0;
+        }
+        true
+    }
+
+    /// One bounded assignment step (see [`assign_grouped`]), with empty
+    /// clusters repaired from exact distances; adjusts the cooldown.
+    #[allow(clippy::too_many_arguments)]
+    fn assign(
+        &mut self,
+        x: &[f32],
+        x_norms: &[f32],
+        d: usize,
+        centroids: &[f32],
+        c_norms: &[f32],
+        max_iter: usize,
+        labels: &mut [u32],
+        dists: &mut [f32],
+    ) -> AssignStats {
+        let (n, k) = (labels.len(), c_norms.len());
+        let full = self.full;
+        let mut gc = GroupedCentroids {
+            c: centroids,
+            c_norms,
+            cp: self
+                .groups
+                .order
+                .iter()
+                .flat_map(|&j| {
+                    centroids[j as usize * d..(j as usize + 1) * d]
+                        .iter()
+                        .copied()
+                })
+                .collect(),
+            cp_norms: self
+                .groups
+                .order
+                .iter()
+                .map(|&j| c_norms[j as usize])
+                .collect(),
+            groups: &self.groups,
+            half_sep: if full {
+                vec![0f32; k]
+            } else {
+                half_separation(centroids, c_norms, d)
+            },
+            drift: &self.drift,
+            group_drift: &self.group_drift,
+            c_max: c_norms.iter().fold(0f32, |a, &b| a.max(b)) as f64,
+        };
+        let mut stats = assign_grouped(x, x_norms, d, &gc, full, labels, dists, &mut self.bounds);
+        if !full {
+            if stats.distances * 2 > n * k {
+                self.cooldown = self.backoff;
+                self.backoff = (self.backoff * 2).min(max_iter.max(2));
+            } else {
+                self.backoff = 2;
+            }
+        }
+        let mut has = vec![false; k];
+        labels.iter().for_each(|&l| has[l as usize] = true);
+        if !full && has.contains(&false) {
+            // Empty clusters are repaired from exact distances of all points.
+            gc.half_sep = vec![0f32; k];
+            let repair = assign_grouped(x, x_norms, d, &gc, true, labels, dists, &mut self.bounds);
+            stats = stats + repair;
+        }
+        self.full = false;
+        stats
+    }
+
+    /// Takes the last update's squared centroid moves as drift bounds.
+    fn set_drift(&mut self, sq_drift: &[f64]) {
+        for (dr, &s) in self.drift.iter_mut().zip(sq_drift) {
+            *dr = s.sqrt() * (1.0 + 1e-9);
+        }
+        self.groups
+            .max_per_group(&self.drift, &mut self.group_drift);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kmeans::seeding::random_init;
+    use crate::kmeans::tests::{blobs, hd_blobs, in_pool};
+    use crate::rng::Rng;
+
+    #[test]
+    fn bounded_lloyd_matches_plain_lloyd() {
+        let d = 32;
+        for (sorted, noise, k, iters) in [
+            (true, 2.0, 12, 30),
+            (false, 8.0, 25, 40),
+            (false, 30.0, 7, 15),
+            (true, 0.5, 10, 10),
+            (false, 4.0, 70, 25),
+            (true, 1.0, 90, 25),
+        ] {
+            let x = hd_blobs(300, 10, d, noise, sorted);
+            let n = x.len() / d;
+            let norms = row_sq_norms(&x, d);
+            let init = random_init(&x, n, d, k, &mut Rng::new(3));
+            let run = |bounded: bool, threads: usize| {
+                in_pool(threads, || {
+                    lloyd(&x, &norms, n, d, init.clone(), iters, 0.0, false, bounded)
+                })
+            };
+            let plain = run(false, 1);
+            let (fast, products) = in_pool(2, || {
+                lloyd_counting(&x, &norms, n, d, init.clone(), iters, 0.0, false, true)
+            });
+            if k >= 70 {
+                assert!(Groups::new(&init, k, d).len() > 2);
+                assert!(products > 0, "the grouped bounds never skipped a group");
+            }
+            assert_eq!(plain.labels, fast.labels, "noise={noise} k={k}");
+            assert_eq!(plain.n_iter, fast.n_iter);
+            let bits = |v: &[f32]| v.iter().map(|t| t.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&plain.centroids), bits(&fast.centroids));
+            assert_eq!(plain.inertia.to_bits(), fast.inertia.to_bits());
+            assert_eq!(fast, run(true, 3));
+        }
+        // Starts with empty clusters (repaired from exact distances).
+        let (x, n) = blobs(50, 7);
+        let norms = row_sq_norms(&x, 2);
+        let init = vec![5.0, 5.0, 100.0, 100.0, 200.0, 200.0, 0.0, 0.1];
+        let plain = lloyd(&x, &norms, n, 2, init.clone(), 20, 0.0, false, false);
+        let fast = lloyd(&x, &norms, n, 2, init, 20, 0.0, false, true);
+        assert_eq!(plain, fast);
+    }
+}
