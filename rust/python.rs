@@ -240,6 +240,9 @@ fn rows_match_of<T: numpy::Element + Copy + PartialEq>(
     })
 }
 
+/// `(L × L part, mean off-diagonal similarity)` of [`label_targets_raw`].
+type LabelPart<'py> = (Bound<'py, PyArray2<f32>>, Option<f64>);
+
 /// The `L × L` target part of a batch's distinct labels (hard, pairwise and
 /// prototype parts weighted and added) and, when asked, the mean
 /// off-diagonal label similarity; see `rust/targets.rs`. With `first` and
@@ -262,7 +265,7 @@ fn label_targets_raw<'py>(
     want_semantic: bool,
     first: Option<PyReadonlyArray1<'py, i64>>,
     inverse: Option<PyReadonlyArray1<'py, i64>>,
-) -> PyResult<Option<(Bound<'py, PyArray2<f32>>, Option<f64>)>> {
+) -> PyResult<Option<LabelPart<'py>>> {
     let (emb, _, d) = matrix(&emb);
     let counts = vector(&counts);
     let proto = match (&logits, &clusters) {
