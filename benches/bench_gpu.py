@@ -56,7 +56,10 @@ def make_step(
     base = torch.randn(labels, DIM, generator=g).to(device)
     text_proj = torch.nn.Linear(DIM, DIM).to(device)
     if model == "imu":
-        from protofast.train.model import IMUEncoder
+        try:
+            from protofast.train.model import IMUEncoder
+        except ModuleNotFoundError:  # releases before the training job had its own subpackage
+            from protofast.model import IMUEncoder  # type: ignore[no-redef]
 
         imu_proj: torch.nn.Module = IMUEncoder(embed_dim=DIM).to(device)
         shape: tuple[int, ...] = (batch, 6, 128)

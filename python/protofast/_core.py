@@ -73,22 +73,43 @@ def _int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int
     return value
 
 
-def _labels(labels: Any, name: str = "labels") -> list[str]:
+def _label_list(labels: Any, name: str = "labels") -> list[Any]:
+    """``labels`` as a list (itself when it is one), its items not checked: the core checks
+    them while it reads them, and :func:`_refused` explains a refusal."""
     if isinstance(labels, (str, bytes)):
         raise TypeError(f"{name}: expected a sequence of str, got a single {type(labels).__name__}")
+    if type(labels) is list:
+        return labels
     try:
-        out = labels if type(labels) is list else list(labels)
+        return list(labels)
     except TypeError:
         raise TypeError(
             f"{name}: expected a sequence of str, got {type(labels).__name__}"
         ) from None
-    # Fast path (this runs every training step): all items exactly str.
-    if set(map(type, out)) <= {str}:
+
+
+def _labels(labels: Any, name: str = "labels") -> list[str]:
+    """``labels`` as a list of str, checked here."""
+    out = _label_list(labels, name)
+    if set(map(type, out)) <= {str}:  # all exactly str: the common case
         return out
     for i, label in enumerate(out):
         if not isinstance(label, str):
             raise TypeError(f"{name}: item {i} is {type(label).__name__}, expected str")
     return out
+
+
+def _refused(labels: list[Any], name: str, error: Exception) -> Exception:
+    """The error to raise when the core refused ``labels`` with ``error``: one that names the
+    argument and the item (a non-str, or a str with no UTF-8 form), else ``error`` itself."""
+    _labels(labels, name)  # raises for a non-str item
+    if isinstance(error, UnicodeError):
+        for i, label in enumerate(labels):
+            try:
+                label.encode("utf-8")
+            except UnicodeError:
+                return ProtofastError(f"{name}: item {i} has no UTF-8 form (a lone surrogate?)")
+    return error
 
 
 @dataclass(frozen=True)
@@ -317,8 +338,11 @@ class LabelStore:
             ProtofastError: Length mismatch, a dimension other than the
                 store's, or a NaN/inf value. The store is left unchanged.
         """
-        labels = _labels(labels)
-        return self._inner.add(labels, as_matrix(embeddings, "embeddings"))
+        texts, data = _label_list(labels), as_matrix(embeddings, "embeddings")
+        try:
+            return self._inner.add(texts, data)
+        except (TypeError, UnicodeError) as error:
+            raise _refused(texts, "labels", error) from None
 
     def intern(self, labels: Sequence[str]) -> np.ndarray:
         """Ids of ``labels``, adding unseen ones without samples.
@@ -332,7 +356,11 @@ class LabelStore:
         Raises:
             TypeError: ``labels`` is not a sequence of str.
         """
-        return self._inner.intern(_labels(labels))
+        texts = _label_list(labels)
+        try:
+            return self._inner.intern(texts)
+        except (TypeError, UnicodeError) as error:
+            raise _refused(texts, "labels", error) from None
 
     def add_grouped(
         self, labels: Sequence[str], embeddings: Any
@@ -353,9 +381,11 @@ class LabelStore:
             TypeError: As :meth:`add`.
             ProtofastError: As :meth:`add`; the store is left unchanged.
         """
-        ids, (first, inverse, counts) = self._inner.add_grouped(
-            _labels(labels), as_matrix(embeddings, "embeddings")
-        )
+        texts, data = _label_list(labels), as_matrix(embeddings, "embeddings")
+        try:
+            ids, (first, inverse, counts) = self._inner.add_grouped(texts, data)
+        except (TypeError, UnicodeError) as error:
+            raise _refused(texts, "labels", error) from None
         return ids, first, inverse, counts
 
     def intern_grouped(
@@ -367,7 +397,11 @@ class LabelStore:
         Raises:
             TypeError: ``labels`` is not a sequence of str.
         """
-        ids, (first, inverse, counts) = self._inner.intern_grouped(_labels(labels))
+        texts = _label_list(labels)
+        try:
+            ids, (first, inverse, counts) = self._inner.intern_grouped(texts)
+        except (TypeError, UnicodeError) as error:
+            raise _refused(texts, "labels", error) from None
         return ids, first, inverse, counts
 
     def lookup(self, labels: Sequence[str]) -> np.ndarray:
@@ -382,7 +416,11 @@ class LabelStore:
         Raises:
             TypeError: ``labels`` is not a sequence of str.
         """
-        return self._inner.lookup(_labels(labels))
+        texts = _label_list(labels)
+        try:
+            return self._inner.lookup(texts)
+        except (TypeError, UnicodeError) as error:
+            raise _refused(texts, "labels", error) from None
 
     def add_sums(self, ids: Any, sums: Any, counts: Any) -> None:
         """Merges pre-summed statistics (running-mean mode only).

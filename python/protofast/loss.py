@@ -301,7 +301,8 @@ class InfoNCELoss(nn.Module):
             loss, lse_it, lse_ti = soft_cross_entropy(logits, targets)
             if not return_metrics:
                 return loss, None
-            return loss, self._metrics(loss, logits, lse_it, lse_ti, targets)
+            with torch.no_grad():
+                return loss, self._metrics(loss, logits, lse_it, lse_ti, targets)
 
     def _check_inputs(
         self, imu: Any, text: Any, label_texts: Any, imu_queue: Any, text_queue: Any
@@ -345,7 +346,6 @@ class InfoNCELoss(nn.Module):
                 f"label_texts has {len(label_texts)} entries, expected {batch} (the batch size)"
             )
 
-    @torch.no_grad()
     def _metrics(
         self,
         loss: Tensor,

@@ -76,6 +76,14 @@ class PrototypeLogits(NamedTuple):
     one_hot: Tensor | None
 
 
+def _label_list(name: str, labels: Any) -> list[Any]:
+    """``labels`` as a list (itself when it is one); a bare str is refused, items are checked
+    by whoever reads them."""
+    if isinstance(labels, str | bytes) or type(labels) is not list:
+        return check_labels(name, labels)
+    return labels
+
+
 class _DeviceSums:
     """Deferred ingest: per-label sums on the embeddings' device and sample counts on the
     host, moved into the store at re-clustering, so that steps that do not re-cluster never
@@ -268,16 +276,20 @@ class PrototypeManager:
             ValueError: Length or dimension mismatch, or non-finite values
                 (the store and the call counter are then unchanged).
         """
-        labels = check_labels("label_texts", label_texts)
+        labels = _label_list("label_texts", label_texts)
         emb = check_embeddings("text_embeddings", text_embeddings, len(labels)).detach()
         if self.device is None:
             self.device = emb.device
         self._batch = None
-        if self._deferred(emb.device):
-            self._batch = self._accumulate(labels, emb)
-        else:
-            ids, *grouping = self.store.add_grouped(labels, emb)
-            self._batch = self._remember(labels, ids, grouping, None)
+        try:  # the core checks the labels while it reads them
+            if self._deferred(emb.device):
+                self._batch = self._accumulate(labels, emb)
+            else:
+                ids, *grouping = self.store.add_grouped(labels, emb)
+                self._batch = self._remember(labels, ids, grouping, None)
+        except TypeError:
+            check_labels("label_texts", labels)  # a message that names label_texts' item
+            raise
         self.num_batches += 1
         if self.num_batches % self.update_interval == 0:
             if len(self.store) >= self.min_unique_labels:
@@ -327,6 +339,16 @@ class PrototypeManager:
             device_ids = _to_device(ids, emb.device)
         self._pending.add(ids, device_ids, emb, len(self.store))
         return self._remember(labels, ids, grouping, clusters)
+
+    def _known(self, label_texts: Any) -> list[str] | None:
+        """``label_texts`` itself when it is the last batch's labels (or their distinct
+        labels), which the core has checked already; else ``None``."""
+        batch = self._batch
+        if batch is None or type(label_texts) is not list:
+            return None
+        if label_texts is batch.grouping.labels or label_texts == batch.labels:
+            return label_texts
+        return None
 
     def batch_labels(self, label_texts: Sequence[str]) -> BatchLabels | None:
         """The grouping of the last :meth:`add_labels` batch, if ``label_texts`` is that
@@ -474,7 +496,7 @@ class PrototypeManager:
 
     def prototype_logits(
         self, label_texts: Sequence[str], text_embeddings: Tensor, temperature: float = 0.5
-    ) -> PrototypeLogits | None:
+    ) -> PrototypeLogits:
         """The prototype targets of a batch in factored form.
 
         :meth:`get_prototype_targets` is ``softmax(logits, dim=1)[clusters]``
@@ -496,7 +518,7 @@ class PrototypeManager:
             TypeError: Wrong argument types.
             ValueError: Length or dimension mismatch, or ``temperature <= 0``.
         """
-        labels = check_labels("label_texts", label_texts)
+        labels = self._known(label_texts) or check_labels("label_texts", label_texts)
         emb = check_embeddings("text_embeddings", text_embeddings, len(labels)).detach()
         temperature = check_positive("temperature", temperature)
         n, device = len(labels), emb.device

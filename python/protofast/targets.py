@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -125,8 +124,7 @@ def _group_in_python(texts: list[str]) -> BatchLabels:
     return BatchLabels(list(position), inverse, counts, first.astype(np.int64, copy=False))
 
 
-@dataclass(frozen=True)
-class TargetSpec:
+class TargetSpec(NamedTuple):
     """What the targets blend (the loss's settings, read once per step).
 
     Attributes:
@@ -512,6 +510,12 @@ def build_targets(
         ValueError: A label is missing from ``frozen``, or a manager's matrix has the wrong
             shape.
     """
+    if not spec.soft and spec.hard == "identity":  # no matrix at all: the most common step
+        targets = FactoredTargets(
+            Plan.IDENTITY, text.shape[0], None, None, device=text.device, dtype=text.dtype
+        )
+        targets.add_diagonal(1.0, 1.0)
+        return targets
     with torch.no_grad():
         text = text.detach()
         batch = _grouping(spec, text, label_texts, manager, frozen)
