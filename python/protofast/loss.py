@@ -77,6 +77,19 @@ def soft_cross_entropy(logits: Logits, targets: FactoredTargets) -> tuple[Tensor
     return (lse_term - positive_term) * (0.5 / batch), lse_it, lse_ti
 
 
+# The settings the targets are built from: setting one of them makes the loss read them again.
+_SPEC_SETTINGS = frozenset(
+    (
+        "hard_targets",
+        "use_soft_targets",
+        "use_prototypes",
+        "soft_target_weight",
+        "prototype_weight",
+        "soft_target_temperature",
+    )
+)
+
+
 class InfoNCELoss(nn.Module):
     """Symmetric InfoNCE with optional pairwise and prototype soft targets.
 
@@ -189,17 +202,26 @@ class InfoNCELoss(nn.Module):
             f"target_embeddings={self._target_matrix is not None}"
         )
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in _SPEC_SETTINGS:
+            self.__dict__["_spec"] = None  # the settings changed: read them again
+
     @property
     def spec(self) -> TargetSpec:
         """What the targets blend, from the current settings."""
-        return TargetSpec(
-            hard=self.hard_targets,
-            use_soft=self.use_soft_targets,
-            use_prototypes=self.use_prototypes,
-            soft_weight=self.soft_target_weight,
-            prototype_weight=self.prototype_weight,
-            temperature=self.soft_target_temperature,
-        )
+        spec = self.__dict__.get("_spec")
+        if spec is None:
+            spec = TargetSpec(
+                hard=self.hard_targets,
+                use_soft=self.use_soft_targets,
+                use_prototypes=self.use_prototypes,
+                soft_weight=self.soft_target_weight,
+                prototype_weight=self.prototype_weight,
+                temperature=self.soft_target_temperature,
+            )
+            self.__dict__["_spec"] = spec
+        return spec
 
     def get_targets(
         self,

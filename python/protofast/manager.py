@@ -148,17 +148,41 @@ class _DeviceSums:
         return sums
 
 
-class _Batch(NamedTuple):
+class _Batch:
     """The last :meth:`PrototypeManager.add_labels` batch, keyed by its store ids: the loss
     asks for the targets of the very batch that was just added, which then needs neither a
     second grouping nor a second lookup."""
 
-    labels: list[str]
-    ids: np.ndarray  # (B,) store id of each sample
-    grouping: BatchLabels
-    # (num_updates, device cluster ids, host cluster ids) of the samples when the batch came
-    # while prototypes existed (sent with the ids in one transfer); valid until re-clustering
-    clusters: tuple[int, Tensor, np.ndarray] | None
+    __slots__ = ("_distinct", "arrays", "clusters", "ids", "labels")
+
+    def __init__(
+        self,
+        labels: list[str],
+        ids: np.ndarray,
+        arrays: Sequence[np.ndarray],
+        clusters: tuple[int, Tensor, np.ndarray] | None,
+    ) -> None:
+        self.labels = list(labels)  # a copy: the caller may reuse its list
+        self.ids = ids  # (B,) store id of each sample
+        self.arrays = arrays  # (first, inverse, counts) of the batch's distinct labels
+        # (num_updates, device cluster ids, host cluster ids) of the samples when the batch
+        # came while prototypes existed (sent with the ids in one transfer); valid until the
+        # next re-clustering
+        self.clusters = clusters
+        self._distinct: BatchLabels | None = None
+
+    @property
+    def grouping(self) -> BatchLabels:
+        """The batch's distinct labels, built on first use."""
+        if self._distinct is None:
+            first, inverse, counts = self.arrays
+            labels = [self.labels[i] for i in first.tolist()]
+            self._distinct = BatchLabels(labels, inverse, counts, first)
+        return self._distinct
+
+    def is_distinct(self, labels: Any) -> bool:
+        """Whether ``labels`` is this batch's list of distinct labels (the very object)."""
+        return self._distinct is not None and labels is self._distinct.labels
 
 
 class PrototypeManager:
@@ -286,7 +310,7 @@ class PrototypeManager:
                 self._batch = self._accumulate(labels, emb)
             else:
                 ids, *grouping = self.store.add_grouped(labels, emb)
-                self._batch = self._remember(labels, ids, grouping, None)
+                self._batch = _Batch(labels, ids, grouping, None)
         except TypeError:
             check_labels("label_texts", labels)  # a message that names label_texts' item
             raise
@@ -304,17 +328,6 @@ class PrototypeManager:
                     self.num_clusters,
                     self.min_samples_per_cluster,
                 )
-
-    @staticmethod
-    def _remember(
-        labels: list[str],
-        ids: np.ndarray,
-        grouping: Sequence[np.ndarray],
-        clusters: tuple[int, Tensor, np.ndarray] | None,
-    ) -> _Batch:
-        first, inverse, counts = grouping
-        distinct = BatchLabels([labels[i] for i in first.tolist()], inverse, counts, first)
-        return _Batch(list(labels), ids, distinct, clusters)
 
     def _accumulate(self, labels: list[str], emb: Tensor) -> _Batch:
         """Adds a batch to the device-side sums; returns it as the last batch."""
@@ -338,7 +351,7 @@ class PrototypeManager:
         else:
             device_ids = _to_device(ids, emb.device)
         self._pending.add(ids, device_ids, emb, len(self.store))
-        return self._remember(labels, ids, grouping, clusters)
+        return _Batch(labels, ids, grouping, clusters)
 
     def _known(self, label_texts: Any) -> list[str] | None:
         """``label_texts`` itself when it is the last batch's labels (or their distinct
@@ -346,7 +359,7 @@ class PrototypeManager:
         batch = self._batch
         if batch is None or type(label_texts) is not list:
             return None
-        if label_texts is batch.grouping.labels or label_texts == batch.labels:
+        if batch.is_distinct(label_texts) or label_texts == batch.labels:
             return label_texts
         return None
 
@@ -433,8 +446,8 @@ class PrototypeManager:
         labels (the list of its :meth:`batch_labels`), without a second lookup."""
         batch = self._batch
         if batch is not None:
-            if labels is batch.grouping.labels:
-                return batch.ids[batch.grouping.first], None
+            if batch.is_distinct(labels):
+                return batch.ids[batch.arrays[0]], None
             if labels is batch.labels or labels == batch.labels:
                 return batch.ids, batch.clusters
         return self.store.lookup(labels), None

@@ -519,12 +519,16 @@ def build_targets(
     with torch.no_grad():
         text = text.detach()
         batch = _grouping(spec, text, label_texts, manager, frozen)
-        factored = callable(getattr(manager, "prototype_logits", None))
-        chosen = _choose_plan(spec, text, batch, frozen, factored)
+        factored_fn = getattr(manager, "prototype_logits", None) if spec.use_prototypes else None
+        if not callable(factored_fn):
+            factored_fn = None
+        chosen = _choose_plan(spec, text, batch, frozen, factored_fn is not None)
         if plan is not None and plan is not Plan.IDENTITY and chosen is not Plan.IDENTITY:
             if plan is Plan.SAMPLE or chosen is not Plan.SAMPLE:
                 chosen = plan
-        builder = _Builder(spec, text, label_texts, batch, manager, frozen, frozen_matrix)
+        builder = _Builder(
+            spec, text, label_texts, batch, manager, factored_fn, frozen, frozen_matrix
+        )
         return builder.build(chosen, want_semantic)
 
 
@@ -538,11 +542,13 @@ class _Builder:
         label_texts: Sequence[str] | None,
         batch: BatchLabels | None,
         manager: Any,
+        factored_fn: Any,
         frozen: FrozenLabels | None,
         frozen_matrix: Tensor | None,
     ) -> None:
         self.spec, self.text, self.label_texts, self.batch = spec, text, label_texts, batch
         self.manager = manager
+        self.factored_fn = factored_fn  # the manager's prototype_logits, if it has one
         self.frozen = frozen
         self.size, self.device, self.dtype = text.shape[0], text.device, text.dtype
         self.ids = self.counts = None
@@ -616,11 +622,12 @@ class _Builder:
     ) -> None:
         """Adds ``weight`` times the prototype targets of the rows of ``emb`` (distinct
         labels when ``counts`` is given, else samples)."""
-        factored_fn = getattr(self.manager, "prototype_logits", None)
-        if not callable(factored_fn):
+        if self.factored_fn is None:
             targets.add_dense(self._manager_matrix().mul_(weight), None)
             return
-        factored = factored_fn(self._unit_labels(counts), emb, temperature=self.spec.temperature)
+        factored = self.factored_fn(
+            self._unit_labels(counts), emb, temperature=self.spec.temperature
+        )
         if factored is None or factored.logits.shape[0] == 0:  # not clustered: identity
             targets.add_diagonal(weight, weight)
             return
@@ -688,9 +695,7 @@ class _Builder:
             label_emb = torch.from_numpy(emb[first])
         logits = clusters = None
         if spec.use_prototypes:
-            factored = self.manager.prototype_logits(
-                batch.labels, label_emb, temperature=spec.temperature
-            )
+            factored = self.factored_fn(batch.labels, label_emb, temperature=spec.temperature)
             if factored is None or factored.logits.shape[0] == 0:  # not clustered: identity
                 targets.add_diagonal(w_proto, w_proto)
             else:

@@ -959,3 +959,26 @@ def test_cuda_matches_cpu() -> None:
         assert cpu_m is not None and gpu_m is not None
         for key in cpu_m:
             torch.testing.assert_close(gpu_m[key].cpu(), cpu_m[key], rtol=1e-5, atol=1e-5)
+
+
+def test_settings_changed_after_construction_take_effect() -> None:
+    """The loss reads its settings once and keeps them; setting one makes it read them again."""
+    gen = torch.Generator().manual_seed(2)
+    labels = ["a", "b", "a", "c", "a", "b"]
+    per_label = {label: _normalized(gen, 4) for label in "abc"}
+    text = torch.stack([per_label[label] for label in labels])
+    loss_fn = InfoNCELoss(soft_target_weight=0.5)
+    before = loss_fn.get_targets(text, labels).dense()
+    changes = dict(
+        soft_target_weight=0.2,
+        soft_target_temperature=0.3,
+        hard_targets="label",
+        use_soft_targets=False,
+    )
+    for name, value in changes.items():
+        setattr(loss_fn, name, value)
+        fresh = InfoNCELoss(**{key: getattr(loss_fn, key) for key in changes})
+        got = loss_fn.get_targets(text, labels).dense()
+        torch.testing.assert_close(got, fresh.get_targets(text, labels).dense())
+        assert not torch.allclose(got, before)
+        before = got
