@@ -69,7 +69,13 @@ def main(argv: list[str] | None = None) -> None:
             plans = [Plan.SAMPLE, Plan.LABEL, Plan.LABEL_CORE]
             times: dict[Any, list[float]] = {plan: [] for plan in plans}
 
-            def step(plan: Any) -> None:
+            def step(
+                plan: Any,
+                imu: torch.Tensor = imu,
+                text: torch.Tensor = text,
+                labels: list[str] = labels,
+                loss_fn: Any = loss_fn,
+            ) -> None:
                 x = imu.clone().requires_grad_(True)
                 targets = loss_fn.get_targets(text, labels, want_semantic=True, plan=plan)
                 assert targets.plan is plan
