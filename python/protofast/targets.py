@@ -301,15 +301,15 @@ class FactoredTargets:
             self.label_part.add_(matrix)
         self.mass += mass
 
-    def add_dense(self, matrix: Tensor, mass: float | None) -> None:
-        """Adds a ``B x B`` part (owned by this object from now on); ``mass=None`` sums its
-        rows."""
+    def add_dense(self, matrix: Tensor, mass: float | None, scale: float = 1.0) -> None:
+        """Adds ``scale`` times a ``B x B`` part (owned by this object from now on; the scale
+        goes in with the addition, no pass of its own); ``mass=None`` sums its rows."""
         if self.dense_part is None:
-            self.dense_part = matrix
+            self.dense_part = matrix if scale == 1.0 else matrix.mul_(scale)
         else:
-            self.dense_part.add_(matrix)
+            self.dense_part.add_(matrix, alpha=scale)
         if mass is None:
-            rows = matrix.sum(dim=1)
+            rows = matrix.sum(dim=1) if self.dense_part is matrix else matrix.sum(dim=1) * scale
             self.summed = rows if self.summed is None else self.summed.add_(rows)
         else:
             self.mass += mass
@@ -391,7 +391,8 @@ def _spread_softmax(logits: Tensor, counts: Tensor | None, weight: float) -> Ten
     """``weight * softmax(logits)`` per sample column, or, with the ``counts`` of label
     columns, the same softmax over the samples spread evenly over each label's columns."""
     if counts is None:
-        return torch.softmax(logits, dim=1).mul_(weight)
+        rows = torch.softmax(logits, dim=1)
+        return rows if weight == 1.0 else rows.mul_(weight)
     return torch.softmax(logits + counts.log(), dim=1).mul_(weight / counts)
 
 
@@ -632,14 +633,19 @@ class _Builder:
             targets.add_diagonal(weight, weight)
             return
         logits, clusters, one_hot = factored
-        rows = _spread_softmax(logits.to(self.device, self.dtype), counts, weight)
+        # per sample, the weight goes in with the addition to the dense part (no pass of its own)
+        scale = 1.0 if counts is None else weight
+        rows = _spread_softmax(logits.to(self.device, self.dtype), counts, scale)
         if one_hot is not None:
             clusters = clusters.clamp_min(0)
         matrix = rows.index_select(0, clusters)  # one row per label / sample
         if one_hot is not None:  # rows without a prototype: their mass goes to the diagonal
             matrix.masked_fill_(one_hot[:, None], 0.0)
             self._unclustered(targets, one_hot, weight, per_label=counts is not None)
-        targets.add(matrix, weight)
+        if counts is None:
+            targets.add_dense(matrix, weight, scale=weight)
+        else:
+            targets.add_label_part(matrix, weight)
 
     def _unit_labels(self, counts: Tensor | None) -> list[str]:
         if counts is not None:
