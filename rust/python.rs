@@ -316,6 +316,18 @@ fn get_num_threads() -> usize {
     parallel::num_threads()
 }
 
+/// The embeddings of a batch have one row per label.
+fn one_row_per_label(labels: usize, rows: usize) -> Result<(), Error> {
+    if rows != labels {
+        return Err(Error::shape(
+            "embeddings",
+            format!("{labels} rows (one per label)"),
+            format!("{rows} rows"),
+        ));
+    }
+    Ok(())
+}
+
 /// Label interning with per-label running statistics. Thread-safe: calls
 /// from several threads are serialised.
 #[pyclass(frozen, module = "protofast._protofast", name = "LabelStore")]
@@ -348,14 +360,7 @@ impl PyLabelStore {
         embeddings: PyReadonlyArray2<'py, f32>,
     ) -> PyResult<Bound<'py, PyArray1<i64>>> {
         let (data, rows, dim) = matrix(&embeddings);
-        if rows != labels.len() {
-            return Err(Error::shape(
-                "embeddings",
-                format!("{} rows (one per label)", labels.len()),
-                format!("{rows} rows"),
-            )
-            .into());
-        }
+        one_row_per_label(labels.len(), rows)?;
         let ids = py.detach(|| self.lock().add(&labels, &data, dim))?;
         Ok(ids_to_py(py, ids))
     }
@@ -369,14 +374,7 @@ impl PyLabelStore {
         embeddings: PyReadonlyArray2<'py, f32>,
     ) -> PyResult<(Bound<'py, PyArray1<i64>>, Grouping<'py>)> {
         let (data, rows, dim) = matrix(&embeddings);
-        if rows != labels.len() {
-            return Err(Error::shape(
-                "embeddings",
-                format!("{} rows (one per label)", labels.len()),
-                format!("{rows} rows"),
-            )
-            .into());
-        }
+        one_row_per_label(labels.len(), rows)?;
         let (ids, g) = py.detach(|| -> Result<_, Error> {
             let ids = self.lock().add(&labels, &data, dim)?;
             let g = labels::group_ids(&ids);
