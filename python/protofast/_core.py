@@ -9,6 +9,9 @@ while it works.
 from __future__ import annotations
 
 import numbers
+import os
+import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -54,7 +57,14 @@ def as_matrix(x: Any, name: str) -> np.ndarray:
         ProtofastError: ``x`` is not 2-dimensional.
     """
     if type(x).__module__.startswith("torch"):
+        if x.dtype.is_complex or x.dtype == _torch_bool():
+            raise TypeError(f"{name}: expected real numbers, got a tensor of dtype {x.dtype}")
         x = x.detach().to(device="cpu").float().contiguous().numpy()
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name}: a masked array's mask would be ignored; pass a plain array "
+            "(fill or drop the masked values first)"
+        )
     arr = np.asarray(x)
     if arr.dtype.kind not in "fiub" or arr.dtype.kind == "b":
         raise TypeError(f"{name}: expected real numbers, got an array of dtype {arr.dtype}")
@@ -63,14 +73,58 @@ def as_matrix(x: Any, name: str) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
+def _torch_bool() -> Any:
+    import torch
+
+    return torch.bool
+
+
+# The core takes sizes as 64-bit integers: larger values are refused here, naming the argument,
+# instead of failing in the conversion with a bare OverflowError.
+_INT_MAX = 2**63 - 1
+
+
 def _int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
     value = int(value)
-    if value < minimum or (maximum is not None and value > maximum):
-        upper = "" if maximum is None else f" and at most {maximum}"
-        raise ProtofastError(f"{name}: must be at least {minimum}{upper}, got {value}")
+    maximum = _INT_MAX if maximum is None else maximum
+    if value < minimum or value > maximum:
+        raise ProtofastError(
+            f"{name}: must be at least {minimum} and at most {maximum}, got {value}"
+        )
     return value
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+def _int_vector(name: str, value: Any, minimum: int) -> np.ndarray:
+    """``value`` as a 1-D C-contiguous int64 array of integers ``>= minimum``; floats, bools
+    and values that do not fit in 64 bits are refused, naming the argument."""
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(f"{name}: a masked array's mask would be ignored; pass a plain array")
+    arr = _to_numpy(value)
+    if arr.dtype.kind not in "iu":
+        if arr.dtype == object or arr.size == 0:  # Python ints, possibly too large for int64
+            try:
+                arr = np.asarray(arr.tolist() if arr.size else [], dtype=np.int64)
+            except OverflowError:
+                raise ProtofastError(f"{name}: a value does not fit in 64 bits") from None
+            except (TypeError, ValueError):
+                raise TypeError(f"{name}: expected integers, got {arr.dtype}") from None
+        else:
+            raise TypeError(f"{name}: expected integers, got an array of dtype {arr.dtype}")
+    if arr.dtype == np.uint64 and arr.size and int(arr.max()) > _INT_MAX:
+        raise ProtofastError(f"{name}: a value does not fit in 64 bits")
+    arr = np.ascontiguousarray(arr, dtype=np.int64).reshape(-1)
+    if arr.size and int(arr.min()) < minimum:
+        what = "negative" if minimum == 0 else f"less than {minimum}"
+        raise ProtofastError(f"{name}: a value is {what} ({int(arr.min())})")
+    return arr
 
 
 def _label_list(labels: Any, name: str = "labels") -> list[Any]:
@@ -205,7 +259,7 @@ def kmeans(
         seed=seed,
         init=init_name,
         init_centroids=init_centroids,
-        spherical=bool(spherical),
+        spherical=_bool("spherical", spherical),
         n_local_trials=n_local_trials,
     )
     return KMeansResult(centroids, labels, float(inertia), int(n_iter), bool(converged))
@@ -297,6 +351,45 @@ def get_num_threads() -> int:
     return _protofast.get_num_threads()
 
 
+class _ForkGuard:
+    """Makes ``os.fork`` wait until no thread is inside a store's core call.
+
+    A core call holds the store's Rust mutex; a child forked meanwhile would inherit it locked,
+    held by a thread that does not exist there, and hang on its first use of the store. Each
+    :class:`LabelStore` call therefore runs under a Python lock, and before a fork every
+    store's lock is taken (the fork waits for calls in flight), then released in parent and
+    child alike, as CPython does for its own locks.
+    """
+
+    def __init__(self) -> None:
+        self._stores: weakref.WeakSet[LabelStore] = weakref.WeakSet()
+        self._registry = threading.Lock()
+        self._held: list[LabelStore] = []
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(
+                before=self._before, after_in_parent=self._after, after_in_child=self._after
+            )
+
+    def track(self, store: LabelStore) -> None:
+        with self._registry:
+            self._stores.add(store)
+
+    def _before(self) -> None:
+        self._registry.acquire()
+        self._held = list(self._stores)
+        for store in self._held:
+            store._lock.acquire()
+
+    def _after(self) -> None:
+        for store in self._held:
+            store._lock.release()
+        self._held = []
+        self._registry.release()
+
+
+_FORK_GUARD = _ForkGuard()
+
+
 class LabelStore:
     """Interns label strings and keeps per-label embedding statistics.
 
@@ -315,12 +408,18 @@ class LabelStore:
         ProtofastError: ``max_samples_per_label`` is less than 1.
     """
 
-    __slots__ = ("_inner",)
+    __slots__ = ("__weakref__", "_inner", "_lock")
 
     def __init__(self, max_samples_per_label: int | None = None) -> None:
         if max_samples_per_label is not None:
             max_samples_per_label = _int("max_samples_per_label", max_samples_per_label, 1)
-        self._inner = _protofast.LabelStore(max_samples_per_label)
+        self._adopt(_protofast.LabelStore(max_samples_per_label))
+
+    def _adopt(self, inner: Any) -> None:
+        """Holds ``inner`` behind a lock that a fork waits for (see ``_ForkGuard``)."""
+        self._inner = inner
+        self._lock = threading.Lock()
+        _FORK_GUARD.track(self)
 
     def add(self, labels: Sequence[str], embeddings: Any) -> np.ndarray:
         """Adds a batch of samples.
@@ -339,10 +438,11 @@ class LabelStore:
                 store's, or a NaN/inf value. The store is left unchanged.
         """
         texts, data = _label_list(labels), as_matrix(embeddings, "embeddings")
-        try:
-            return self._inner.add(texts, data)
-        except (TypeError, UnicodeError) as error:
-            raise _refused(texts, "labels", error) from None
+        with self._lock:
+            try:
+                return self._inner.add(texts, data)
+            except (TypeError, UnicodeError) as error:
+                raise _refused(texts, "labels", error) from None
 
     def intern(self, labels: Sequence[str]) -> np.ndarray:
         """Ids of ``labels``, adding unseen ones without samples.
@@ -357,10 +457,11 @@ class LabelStore:
             TypeError: ``labels`` is not a sequence of str.
         """
         texts = _label_list(labels)
-        try:
-            return self._inner.intern(texts)
-        except (TypeError, UnicodeError) as error:
-            raise _refused(texts, "labels", error) from None
+        with self._lock:
+            try:
+                return self._inner.intern(texts)
+            except (TypeError, UnicodeError) as error:
+                raise _refused(texts, "labels", error) from None
 
     def add_grouped(
         self, labels: Sequence[str], embeddings: Any
@@ -382,10 +483,11 @@ class LabelStore:
             ProtofastError: As :meth:`add`; the store is left unchanged.
         """
         texts, data = _label_list(labels), as_matrix(embeddings, "embeddings")
-        try:
-            ids, (first, inverse, counts) = self._inner.add_grouped(texts, data)
-        except (TypeError, UnicodeError) as error:
-            raise _refused(texts, "labels", error) from None
+        with self._lock:
+            try:
+                ids, (first, inverse, counts) = self._inner.add_grouped(texts, data)
+            except (TypeError, UnicodeError) as error:
+                raise _refused(texts, "labels", error) from None
         return ids, first, inverse, counts
 
     def intern_grouped(
@@ -398,10 +500,11 @@ class LabelStore:
             TypeError: ``labels`` is not a sequence of str.
         """
         texts = _label_list(labels)
-        try:
-            ids, (first, inverse, counts) = self._inner.intern_grouped(texts)
-        except (TypeError, UnicodeError) as error:
-            raise _refused(texts, "labels", error) from None
+        with self._lock:
+            try:
+                ids, (first, inverse, counts) = self._inner.intern_grouped(texts)
+            except (TypeError, UnicodeError) as error:
+                raise _refused(texts, "labels", error) from None
         return ids, first, inverse, counts
 
     def lookup(self, labels: Sequence[str]) -> np.ndarray:
@@ -417,10 +520,11 @@ class LabelStore:
             TypeError: ``labels`` is not a sequence of str.
         """
         texts = _label_list(labels)
-        try:
-            return self._inner.lookup(texts)
-        except (TypeError, UnicodeError) as error:
-            raise _refused(texts, "labels", error) from None
+        with self._lock:
+            try:
+                return self._inner.lookup(texts)
+            except (TypeError, UnicodeError) as error:
+                raise _refused(texts, "labels", error) from None
 
     def add_sums(self, ids: Any, sums: Any, counts: Any) -> None:
         """Merges pre-summed statistics (running-mean mode only).
@@ -437,9 +541,11 @@ class LabelStore:
             ProtofastError: Window mode, an unknown id, a negative count,
                 mismatched lengths or a non-finite value. Nothing is changed.
         """
-        ids_arr = np.ascontiguousarray(_to_numpy(ids), dtype=np.int64).reshape(-1)
-        counts_arr = np.ascontiguousarray(_to_numpy(counts), dtype=np.int64).reshape(-1)
-        self._inner.add_sums(ids_arr, as_matrix(sums, "sums"), counts_arr)
+        ids_arr = _int_vector("ids", ids, 0)
+        counts_arr = _int_vector("counts", counts, 0)
+        data = as_matrix(sums, "sums")
+        with self._lock:
+            self._inner.add_sums(ids_arr, data, counts_arr)
 
     def means(self) -> np.ndarray:
         """The ``(L, D)`` float32 mean embedding of every label, in id order.
@@ -448,7 +554,8 @@ class LabelStore:
             The means; a label interned without samples has a row of NaN.
             ``(0, 0)`` before the first batch.
         """
-        return self._inner.means()
+        with self._lock:
+            return self._inner.means()
 
     def labels(self) -> list[str]:
         """All labels in id order.
@@ -456,7 +563,8 @@ class LabelStore:
         Returns:
             The label strings.
         """
-        return self._inner.labels()
+        with self._lock:
+            return self._inner.labels()
 
     def counts(self) -> np.ndarray:
         """Samples seen per label, in id order.
@@ -464,28 +572,34 @@ class LabelStore:
         Returns:
             ``(L,)`` int64 counts (all samples, also in window mode).
         """
-        return self._inner.counts()
+        with self._lock:
+            return self._inner.counts()
 
     def __len__(self) -> int:
-        return len(self._inner)
+        with self._lock:
+            return len(self._inner)
 
     @property
     def dim(self) -> int | None:
         """The embedding dimension, ``None`` before the first batch."""
-        return self._inner.dim
+        with self._lock:
+            return self._inner.dim
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the store (allocated capacity)."""
-        return self._inner.nbytes
+        with self._lock:
+            return self._inner.nbytes
 
     @property
     def max_samples_per_label(self) -> int | None:
         """The window size, ``None`` in running-mean mode."""
-        return self._inner.max_samples_per_label
+        with self._lock:
+            return self._inner.max_samples_per_label
 
     def __repr__(self) -> str:
-        return repr(self._inner)
+        with self._lock:
+            return repr(self._inner)
 
     def state(self) -> dict[str, Any]:
         """The whole state as plain values and numpy arrays (for checkpoints).
@@ -494,7 +608,8 @@ class LabelStore:
             A dict with keys ``max_samples_per_label``, ``dim``, ``labels``,
             ``counts``, ``data`` and ``window_rows``.
         """
-        return self._inner.state()
+        with self._lock:
+            return self._inner.state()
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> LabelStore:
@@ -512,14 +627,15 @@ class LabelStore:
         """
         store = cls(state["max_samples_per_label"])
         dim = state["dim"]
+        dim = None if dim is None else _int("state.dim", dim, 0)
         data = as_matrix(_to_numpy(state["data"]), "state.data")
         store._inner.load_state(
-            state["max_samples_per_label"],
-            None if dim is None else int(dim),
+            store.max_samples_per_label,
+            dim,
             _labels(state["labels"], "state.labels"),
-            np.ascontiguousarray(_to_numpy(state["counts"]), dtype=np.int64).reshape(-1),
+            _int_vector("state.counts", state["counts"], 0),
             data,
-            np.ascontiguousarray(_to_numpy(state["window_rows"]), dtype=np.int64).reshape(-1),
+            _int_vector("state.window_rows", state["window_rows"], 0),
         )
         return store
 
@@ -527,7 +643,7 @@ class LabelStore:
         return self.state()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self._inner = LabelStore.from_state(state)._inner
+        self._adopt(LabelStore.from_state(state)._inner)
 
 
 def _to_numpy(x: Any) -> np.ndarray:
