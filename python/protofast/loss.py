@@ -422,7 +422,8 @@ class SemanticAlignmentLoss(nn.Module):
     """The design note's entry point: a thin wrapper around :class:`InfoNCELoss`.
 
     Takes exactly the arguments of :class:`InfoNCELoss` (see there) and its ``forward`` returns
-    the same ``(loss, metrics)`` tuple. The wrapped loss is available as ``.info_nce``.
+    the same ``(loss, metrics)`` tuple. The wrapped loss is available as ``.infonce`` (the
+    note's name) and ``.info_nce`` (an alias).
 
     Raises:
         TypeError: As :class:`InfoNCELoss`.
@@ -443,7 +444,7 @@ class SemanticAlignmentLoss(nn.Module):
         target_embeddings: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.info_nce = InfoNCELoss(
+        self.infonce = InfoNCELoss(
             temperature=temperature,
             use_soft_targets=use_soft_targets,
             soft_target_temperature=soft_target_temperature,
@@ -456,9 +457,14 @@ class SemanticAlignmentLoss(nn.Module):
         )
 
     @property
+    def info_nce(self) -> InfoNCELoss:
+        """The wrapped loss (alias of ``infonce``, the note's name)."""
+        return self.infonce
+
+    @property
     def prototype_manager(self) -> Any | None:
         """The prototype manager of the wrapped loss (``None`` when unset)."""
-        return self.info_nce.prototype_manager
+        return self.infonce.prototype_manager
 
     def forward(
         self,
@@ -474,7 +480,7 @@ class SemanticAlignmentLoss(nn.Module):
         Returns:
             ``(loss, metrics or None)`` exactly as :meth:`InfoNCELoss.forward`.
         """
-        return self.info_nce(
+        return self.infonce(
             imu_embeddings,
             text_embeddings,
             label_texts=label_texts,

@@ -6,17 +6,23 @@ and nearest-prototype lookup done in Rust and the per-sample Python loop of
 ``get_prototype_targets`` replaced by one gather on the device.
 
 Defaults reproduce the note (5 clusters, re-clustering every 100 batches once
-``num_clusters × min_samples_per_cluster`` unique labels were seen, k-means
-with 10 restarts on the per-label mean embeddings, prototype targets
+``num_clusters × min_samples_per_cluster`` samples and ``num_clusters`` unique
+labels were seen, k-means with 10 restarts and one seed on the per-label mean
+embeddings, prototype targets
 ``softmax(prototype[cluster(label_i)] @ text_embeddings.T / temperature)``).
 What goes beyond the note is keyword-only and off by default or documented.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Sequence
+import pickle
+import tempfile
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -39,9 +45,38 @@ __all__ = ["PrototypeLogits", "PrototypeManager"]
 
 logger = logging.getLogger("protofast")
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the config holds min_samples_rule (version 1 ran the "labels" rule)
 Unseen = Literal["nearest", "one_hot"]
 Ingest = Literal["auto", "direct", "deferred"]
+MinSamplesRule = Literal["samples", "labels"]
+
+# The keys of a checkpoint written by the design note's ``PrototypeManager.save``.
+NOTE_STATE_KEYS = frozenset(
+    (
+        "num_clusters",
+        "prototypes",
+        "label_to_cluster",
+        "cluster_labels",
+        "num_updates",
+        "is_initialized",
+    )
+)
+
+
+class _LoadMethod:
+    """``load`` that dispatches on how it is reached: on the class it builds a new manager
+    (``PrototypeManager.load(path)``), on an instance it restores that instance in place
+    (the note's ``manager.load(path)``)."""
+
+    def __init__(self, on_class: Callable[..., Any], on_instance: Callable[..., Any]) -> None:
+        self.on_class = on_class
+        self.on_instance = on_instance
+        functools.update_wrapper(self, on_class)
+
+    def __get__(self, obj: Any, owner: type) -> Callable[..., Any]:
+        if obj is None:
+            return functools.partial(self.on_class, owner)
+        return functools.partial(self.on_instance, obj)
 
 
 def _to_device(array: np.ndarray, device: torch.device) -> Tensor:
@@ -185,6 +220,26 @@ class _Batch:
         return self._distinct is not None and labels is self._distinct.labels
 
 
+def _locked(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Runs ``method`` holding the manager's lock."""
+
+    @functools.wraps(method)
+    def run(self: PrototypeManager, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return run
+
+
+def _members(label_to_cluster: dict[str, int]) -> defaultdict[int, list[str]]:
+    """The note's ``cluster_labels``: a ``defaultdict(list)`` of the non-empty clusters, in
+    order of their first label."""
+    members: defaultdict[int, list[str]] = defaultdict(list)
+    for label, c in label_to_cluster.items():
+        members[c].append(label)
+    return members
+
+
 class PrototypeManager:
     """Accumulates label embeddings, clusters them into prototypes and turns
     cluster membership into soft targets.
@@ -192,12 +247,16 @@ class PrototypeManager:
     Args:
         num_clusters: Number of prototypes (k-means clusters).
         update_interval: Re-cluster every this many :meth:`add_labels` calls.
-        min_samples_per_cluster: Clustering waits until at least
-            ``num_clusters × min_samples_per_cluster`` unique labels were seen.
+        min_samples_per_cluster: With ``min_samples_rule="samples"`` (the note's
+            rule) clustering waits until ``num_clusters × min_samples_per_cluster``
+            samples (embeddings) and ``num_clusters`` unique labels were seen; with
+            ``"labels"`` until ``num_clusters × min_samples_per_cluster`` unique
+            labels were seen.
         device: Where prototypes live; ``None``: the device of the first
             embeddings given to :meth:`add_labels`.
-        seed: Seed of the clustering; update ``u`` uses ``seed + u`` so that
-            a resumed run re-clusters exactly like an uninterrupted one.
+        seed: Seed of every clustering (the note uses 42 each time, so unchanged
+            data keeps its partition; a resumed run re-clusters exactly like an
+            uninterrupted one).
         n_init: k-means restarts per update.
         max_iter: k-means iterations per restart.
         tol: k-means tolerance (scikit-learn's relative rule).
@@ -215,6 +274,13 @@ class PrototypeManager:
             the embeddings' device and reach the store at re-clustering, so
             steps that do not re-cluster never synchronise with the device;
             ``"auto"``: deferred on CUDA in running-mean mode, else direct.
+        min_samples_rule: ``"samples"`` (default, the note's rule) or
+            ``"labels"`` (the stricter rule of protofast before 0.2); see
+            ``min_samples_per_cluster``. Saved with the state; a state saved
+            without it (version 1) resumes with ``"labels"``, the rule it ran with.
+
+    The manager may be shared between threads: its state changes and reads
+    hold one re-entrant lock.
 
     Raises:
         TypeError: An argument has the wrong type.
@@ -236,7 +302,9 @@ class PrototypeManager:
         max_samples_per_label: int | None = None,
         unseen: Unseen = "nearest",
         ingest: Ingest = "auto",
+        min_samples_rule: MinSamplesRule = "samples",
     ) -> None:
+        self._lock = threading.RLock()
         self.num_clusters = check_int("num_clusters", num_clusters, 1)
         self.update_interval = check_int("update_interval", update_interval, 1)
         self.min_samples_per_cluster = check_int(
@@ -249,6 +317,9 @@ class PrototypeManager:
         self.spherical = check_bool("spherical", spherical)
         self.unseen: Unseen = check_choice("unseen", unseen, ("nearest", "one_hot"))
         self.ingest: Ingest = check_choice("ingest", ingest, ("auto", "direct", "deferred"))
+        self.min_samples_rule: MinSamplesRule = check_choice(
+            "min_samples_rule", min_samples_rule, ("samples", "labels")
+        )
         if ingest == "deferred" and max_samples_per_label is not None:
             raise ValueError(
                 "ingest must be 'auto' or 'direct' with a window store "
@@ -259,7 +330,7 @@ class PrototypeManager:
 
         self.prototypes: Tensor | None = None
         self.label_to_cluster: dict[str, int] = {}
-        self.cluster_labels: dict[int, list[str]] = {}
+        self.cluster_labels: defaultdict[int, list[str]] = defaultdict(list)
         self.num_updates = 0
         self.num_labels_seen = 0
         self.is_initialized = False
@@ -276,8 +347,42 @@ class PrototypeManager:
     # ------------------------------------------------------------------ ingest
     @property
     def min_unique_labels(self) -> int:
-        """Unique labels needed before the first clustering."""
+        """Unique labels needed before a clustering: ``num_clusters`` under the
+        ``"samples"`` rule, ``num_clusters × min_samples_per_cluster`` under ``"labels"``."""
+        if self.min_samples_rule == "labels":
+            return self.num_clusters * self.min_samples_per_cluster
+        return self.num_clusters
+
+    @property
+    def min_total_samples(self) -> int:
+        """Samples (embeddings) needed before a clustering: ``num_clusters ×
+        min_samples_per_cluster`` under the ``"samples"`` rule, 0 under ``"labels"``."""
+        if self.min_samples_rule == "labels":
+            return 0
         return self.num_clusters * self.min_samples_per_cluster
+
+    @property
+    def update_counter(self) -> int:
+        """The note's counter: :meth:`add_labels` calls since the last re-clustering
+        check (it re-clusters when this reaches ``update_interval``, then restarts at 0)."""
+        return self.num_batches % self.update_interval
+
+    def _sample_counts(self) -> np.ndarray:
+        """Samples per store id, stored and pending together."""
+        counts = self.store.counts()
+        pending = self._pending.counts
+        if pending is not None:
+            n = min(len(counts), len(pending))
+            counts = counts.copy()
+            counts[:n] += pending[:n]
+        return counts
+
+    def _readiness(self) -> tuple[bool, int, int]:
+        """Whether the clustering rule holds, the unique labels with samples and the samples."""
+        counts = self._sample_counts()
+        unique, total = int(np.count_nonzero(counts)), int(counts.sum())
+        ready = unique >= self.min_unique_labels and total >= self.min_total_samples
+        return ready, unique, total
 
     def _deferred(self, device: torch.device) -> bool:
         if self.ingest == "auto":
@@ -302,32 +407,66 @@ class PrototypeManager:
         """
         labels = _label_list("label_texts", label_texts)
         emb = check_embeddings("text_embeddings", text_embeddings, len(labels)).detach()
-        if self.device is None:
-            self.device = emb.device
-        self._batch = None
-        try:  # the core checks the labels while it reads them
-            if self._deferred(emb.device):
-                self._batch = self._accumulate(labels, emb)
-            else:
-                ids, *grouping = self.store.add_grouped(labels, emb)
-                self._batch = _Batch(labels, ids, grouping, None)
-        except TypeError:
-            check_labels("label_texts", labels)  # a message that names label_texts' item
-            raise
-        self.num_batches += 1
-        if self.num_batches % self.update_interval == 0:
-            if len(self.store) >= self.min_unique_labels:
+        if self.spherical and len(labels):
+            self._check_spherical_rows(emb)
+        with self._lock:
+            if self.device is None:
+                self.device = emb.device
+            self._batch = None
+            try:  # the core checks the labels while it reads them
+                if self._deferred(emb.device):
+                    self._batch = self._accumulate(labels, emb)
+                else:
+                    ids, *grouping = self.store.add_grouped(labels, emb)
+                    self._batch = _Batch(labels, ids, grouping, None)
+            except TypeError:
+                check_labels("label_texts", labels)  # a message that names label_texts' item
+                raise
+            self.num_batches += 1
+            if self.num_batches % self.update_interval != 0:
+                return
+            ready, unique, total = self._readiness()
+            if ready:
                 self.update_prototypes()
             elif not self._warned_not_ready:
                 self._warned_not_ready = True
-                logger.info(
-                    "[PrototypeManager] Prototypes not ready: %d unique labels seen, "
-                    "clustering needs %d (num_clusters=%d x min_samples_per_cluster=%d)",
-                    len(self.store),
-                    self.min_unique_labels,
-                    self.num_clusters,
-                    self.min_samples_per_cluster,
-                )
+                self._log_not_ready(unique, total)
+
+    @staticmethod
+    def _check_spherical_rows(emb: Tensor) -> None:
+        """Cosine k-means cannot place a zero (or non-finite) row: refuse it before
+        anything is stored or counted. Checked on the host (a synchronisation on GPUs)."""
+        norms = torch.linalg.vector_norm(emb.float(), dim=1)
+        bad = ~(torch.isfinite(norms) & (norms > 0))
+        if bool(bad.any()):
+            row = int(torch.nonzero(bad)[0, 0])
+            raise ValueError(
+                "text_embeddings must have finite, non-zero rows with spherical=True "
+                f"(cosine k-means), got row {row} of norm {float(norms[row])}"
+            )
+
+    def _log_not_ready(self, unique: int, total: int) -> None:
+        if self.min_samples_rule == "labels":
+            logger.info(
+                "[PrototypeManager] Prototypes not ready: %d unique labels seen, "
+                "clustering needs %d (num_clusters=%d x min_samples_per_cluster=%d)",
+                unique,
+                self.min_unique_labels,
+                self.num_clusters,
+                self.min_samples_per_cluster,
+            )
+        else:
+            logger.info(
+                "[PrototypeManager] Prototypes not ready: %d samples and %d unique labels "
+                "seen, clustering needs %d samples (num_clusters=%d x "
+                "min_samples_per_cluster=%d) and %d unique labels",
+                total,
+                unique,
+                self.min_total_samples,
+                self.num_clusters,
+                self.min_samples_per_cluster,
+                self.min_unique_labels,
+            )
 
     def _accumulate(self, labels: list[str], emb: Tensor) -> _Batch:
         """Adds a batch to the device-side sums; returns it as the last batch."""
@@ -363,6 +502,7 @@ class PrototypeManager:
             return label_texts
         return None
 
+    @_locked
     def batch_labels(self, label_texts: Sequence[str]) -> BatchLabels | None:
         """The grouping of the last :meth:`add_labels` batch, if ``label_texts`` is that
         batch (the loss then groups nothing again); ``None`` otherwise.
@@ -382,46 +522,56 @@ class PrototypeManager:
     def update_prototypes(self) -> bool:
         """Re-clusters the per-label mean embeddings into prototypes.
 
-        Runs k-means (``n_init`` restarts, seed ``seed + num_updates``) on the
-        mean embedding of every label seen; prototypes are the cluster centres.
-        Fills ``label_to_cluster`` and ``cluster_labels``, increments
-        ``num_updates`` and logs the clusters.
+        Runs k-means (``n_init`` restarts, seed ``seed`` every time, as the
+        note) on the mean embedding of every label with samples; prototypes are
+        the cluster centres. Fills ``label_to_cluster`` and ``cluster_labels``,
+        increments ``num_updates`` and logs the clusters. The same rule as the
+        periodic trigger of :meth:`add_labels` decides whether it runs
+        (``min_samples_rule``).
 
         Returns:
-            ``True`` if prototypes were updated, ``False`` if fewer than
-            ``num_clusters × min_samples_per_cluster`` unique labels were seen.
+            ``True`` if prototypes were updated, ``False`` if the rule does not
+            hold yet (too few samples or unique labels).
         """
-        self._pending.flush(self.store)
-        labels = self.store.labels()
-        if len(labels) < self.min_unique_labels:
-            logger.info(
-                "[PrototypeManager] Not enough unique labels for clustering: %d < %d",
-                len(labels),
-                self.min_unique_labels,
+        with self._lock:
+            ready, unique, total = self._readiness()
+            if not ready:
+                logger.info(
+                    "[PrototypeManager] Not enough data for clustering: %d unique labels "
+                    "(needs %d), %d samples (needs %d)",
+                    unique,
+                    self.min_unique_labels,
+                    total,
+                    self.min_total_samples,
+                )
+                return False
+            self._pending.flush(self.store)
+            # labels interned without samples (a note checkpoint's) take no part
+            ids = np.flatnonzero(self.store.counts() > 0)
+            all_labels = self.store.labels()
+            labels = [all_labels[i] for i in ids.tolist()]
+            means = self.store.means()[ids]
+            result = kmeans(
+                means,
+                self.num_clusters,
+                n_init=self.n_init,
+                max_iter=self.max_iter,
+                tol=self.tol,
+                seed=self.seed,
+                spherical=self.spherical,
             )
-            return False
-        means = self.store.means()
-        result = kmeans(
-            means,
-            self.num_clusters,
-            n_init=self.n_init,
-            max_iter=self.max_iter,
-            tol=self.tol,
-            seed=self.seed + self.num_updates,
-            spherical=self.spherical,
-        )
-        device = self.device if self.device is not None else torch.device("cpu")
-        self.prototypes = torch.from_numpy(result.centroids).to(device)
-        self._cluster_table = np.append(result.labels, -1)
-        self.label_to_cluster = dict(zip(labels, result.labels.tolist(), strict=True))
-        self.cluster_labels = {c: [] for c in range(self.num_clusters)}
-        for label, c in self.label_to_cluster.items():
-            self.cluster_labels[c].append(label)
-        self.num_updates += 1
-        self.num_labels_seen = len(labels)
-        self.is_initialized = True
-        self._log_update(result.inertia)
-        return True
+            device = self.device if self.device is not None else torch.device("cpu")
+            self.prototypes = torch.from_numpy(result.centroids).to(device)
+            table = np.full(len(all_labels) + 1, -1, dtype=np.int64)
+            table[ids] = result.labels
+            self._cluster_table = table
+            self.label_to_cluster = dict(zip(labels, result.labels.tolist(), strict=True))
+            self.cluster_labels = _members(self.label_to_cluster)
+            self.num_updates += 1
+            self.num_labels_seen = len(labels)
+            self.is_initialized = True
+            self._log_update(result.inertia)
+            return True
 
     def _log_update(self, inertia: float) -> None:
         if not logger.isEnabledFor(logging.INFO):
@@ -431,8 +581,7 @@ class PrototypeManager:
             f"  Total unique labels: {self.num_labels_seen}",
             f"  Number of clusters: {self.num_clusters}",
         ]
-        for c in range(self.num_clusters):
-            members = self.cluster_labels[c]
+        for c, members in self.cluster_labels.items():
             shown = repr(members[:5])[:-1] + (", ...]" if len(members) > 5 else "]")
             lines.append(f"  Cluster {c} ({len(members)} labels): {shown}")
         logger.info("\n".join(lines))
@@ -507,6 +656,7 @@ class PrototypeManager:
             return (torch.nn.functional.normalize(e, dim=1) @ p.T).argmax(1)
         return (p.square().sum(1)[None, :] - 2.0 * (e @ p.T)).argmin(1)
 
+    @_locked
     def prototype_logits(
         self, label_texts: Sequence[str], text_embeddings: Tensor, temperature: float = 0.5
     ) -> PrototypeLogits:
@@ -556,6 +706,7 @@ class PrototypeManager:
                 one_hot = _to_device(unseen, device)
         return PrototypeLogits(logits, clusters, one_hot)
 
+    @_locked
     def get_prototype_targets(
         self, label_texts: Sequence[str], text_embeddings: Tensor, temperature: float = 0.5
     ) -> Tensor:
@@ -593,6 +744,7 @@ class PrototypeManager:
                 targets = torch.where(one_hot[:, None], eye, targets)
         return targets
 
+    @_locked
     def assign(self, label_texts: Sequence[str], text_embeddings: Tensor) -> Tensor:
         """Cluster id of each sample (unseen labels: nearest prototype).
 
@@ -616,6 +768,7 @@ class PrototypeManager:
         return clusters
 
     # ------------------------------------------------------------- inspection
+    @_locked
     def get_cluster_info(self, label: str) -> dict[str, Any] | None:
         """The cluster of ``label`` at the last clustering.
 
@@ -632,6 +785,7 @@ class PrototypeManager:
         members = list(self.cluster_labels[cid])
         return {"cluster_id": cid, "cluster_labels": members, "num_labels_in_cluster": len(members)}
 
+    @_locked
     def get_statistics(self) -> dict[str, Any]:
         """Counters in the note's terms, plus the store's memory.
 
@@ -641,14 +795,15 @@ class PrototypeManager:
             ``total_embeddings_accumulated``, ``num_batches``,
             ``store_nbytes`` and ``cluster_sizes``.
         """
-        total = int(self.store.counts().sum()) + self._pending.total()
+        counts = self._sample_counts()
         return {
             "is_initialized": self.is_initialized,
-            "num_unique_labels": len(self.store),
+            "num_unique_labels": int(np.count_nonzero(counts)),
             "num_labels_seen": self.num_labels_seen,
-            "num_clusters": self.num_clusters,
+            # the note's: clusters with labels at the last clustering, 0 before it
+            "num_clusters": len(self.cluster_labels) if self.is_initialized else 0,
             "num_updates": self.num_updates,
-            "total_embeddings_accumulated": total,
+            "total_embeddings_accumulated": int(counts.sum()),
             "num_batches": self.num_batches,
             "store_nbytes": self.store.nbytes,
             "cluster_sizes": [
@@ -677,8 +832,10 @@ class PrototypeManager:
             "max_samples_per_label": self.store.max_samples_per_label,
             "unseen": self.unseen,
             "ingest": self.ingest,
+            "min_samples_rule": self.min_samples_rule,
         }
 
+    @_locked
     def state_dict(self) -> dict[str, Any]:
         """The whole state: configuration, store, pending sums, prototypes,
         mappings and counters, as tensors and plain Python values only (loads
@@ -688,6 +845,15 @@ class PrototypeManager:
             The state dict.
         """
         store = self.store.state()
+        if store["dim"] is None and len(store["labels"]):
+            # labels known without samples (deferred sums not flushed yet, or a note
+            # checkpoint's labels): the store's state needs the dimension
+            dim = self._pending.dim
+            if dim is None and self.prototypes is not None:
+                dim = self.prototypes.shape[1]
+            if dim is not None:
+                rows = 0 if store["max_samples_per_label"] is not None else len(store["labels"])
+                store["dim"], store["data"] = dim, np.zeros((rows, dim), dtype=np.float32)
         return {
             "version": STATE_VERSION,
             "config": self._config(),
@@ -713,71 +879,285 @@ class PrototypeManager:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores a :meth:`state_dict`, configuration included, so that the
-        run continues exactly as the one that saved it.
+        run continues exactly as the one that saved it; or the dict that the
+        design note's ``save()`` writes (see :meth:`load`).
+
+        Every field is checked before anything changes: on an error the
+        manager is unchanged.
 
         Args:
-            state: A dict from :meth:`state_dict`.
+            state: A dict from :meth:`state_dict`, or the note's checkpoint dict.
 
         Raises:
-            ValueError: Unknown version or an inconsistent state (the manager
-                is then unchanged).
+            TypeError: A field has the wrong type (e.g. integer prototypes, a
+                float cluster table, a non-bool ``is_initialized``).
+            ValueError: Unknown version or an inconsistent state (non-finite or
+                wrongly shaped prototypes or pending sums, negative counters,
+                out-of-range cluster ids, mismatched dimensions).
             KeyError: A key is missing.
         """
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"state: unsupported version {state.get('version')!r}")
-        fresh = PrototypeManager(device=self.device, **state["config"])
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict, got {type(state).__name__}")
+        if "version" not in state and NOTE_STATE_KEYS <= state.keys():
+            fresh = self._from_note_state(state)
+        else:
+            fresh = self._from_state(state)
+        with self._lock:
+            fresh.__dict__.pop("_lock")
+            self.__dict__.update(fresh.__dict__)
+
+    def _target_device(self) -> torch.device:
+        return self.device if self.device is not None else torch.device("cpu")
+
+    def _from_state(self, state: dict[str, Any]) -> PrototypeManager:
+        """A new manager holding a :meth:`state_dict` (checked field by field)."""
+        version = state.get("version")
+        if version not in (1, STATE_VERSION):
+            raise ValueError(f"state: unsupported version {version!r}")
+        config = dict(state["config"])
+        if version == 1:  # saved before the rule was an option: it ran the "labels" rule
+            config.setdefault("min_samples_rule", "labels")
+        fresh = PrototypeManager(device=self.device, **config)
+        k = fresh.num_clusters
         fresh.store = LabelStore.from_state(state["store"])
-        cluster_of_id = state["cluster_of_id"].cpu().numpy().astype(np.int64)
         labels = fresh.store.labels()
+        dim = fresh.store.dim
         counters = state["counters"]
+        initialized = _state_bool("counters.is_initialized", counters["is_initialized"])
+        warned = _state_bool("counters.warned_not_ready", counters["warned_not_ready"])
+        cluster_of_id = _state_ids("cluster_of_id", state["cluster_of_id"], -1, k)
         if len(cluster_of_id) > len(labels):
             raise ValueError("state: more cluster assignments than labels")
         protos = state["prototypes"]
-        if counters["is_initialized"]:
-            if protos is None or protos.shape[0] != fresh.num_clusters:
-                raise ValueError("state: prototypes missing or of the wrong shape")
-            device = self.device if self.device is not None else torch.device("cpu")
+        if protos is not None:
+            protos = _state_matrix("prototypes", protos, rows=k, dim=dim)
+            dim = protos.shape[1]
+        if initialized and protos is None:
+            raise ValueError("state: is_initialized is True but there are no prototypes")
+        if not initialized and (cluster_of_id >= 0).any():
+            raise ValueError("state: cluster assignments without is_initialized")
+        pending = state["pending"]
+        if pending is not None:
+            if not isinstance(pending, dict):
+                raise TypeError(f"state.pending must be a dict or None, got {type(pending)}")
+            sums = _state_matrix("pending.sum", pending["sum"], dim=dim)
+            counts = _state_ids("pending.count", pending["count"], 0, None)
+            if len(counts) != sums.shape[0] or sums.shape[0] < len(labels):
+                raise ValueError(
+                    f"state.pending: {len(counts)} counts and {sums.shape[0]} sum rows for "
+                    f"{len(labels)} labels"
+                )
+            pending = {"sum": sums, "count": torch.from_numpy(counts)}
+        num_batches = _state_count("counters.num_batches", counters["num_batches"])
+        num_updates = _state_count("counters.num_updates", counters["num_updates"])
+        num_seen = _state_count("counters.num_labels_seen", counters["num_labels_seen"])
+        device = self._target_device()
+        if protos is not None:
             fresh.prototypes = protos.to(device)
-        device = self.device if self.device is not None else torch.device("cpu")
-        fresh._pending = _DeviceSums.from_state(state["pending"], device)
+        fresh._pending = _DeviceSums.from_state(pending, device)
         fresh._cluster_table = np.append(cluster_of_id, -1)
-        seen = labels[: len(cluster_of_id)]
-        fresh.label_to_cluster = dict(zip(seen, cluster_of_id.tolist(), strict=True))
-        fresh.cluster_labels = (
-            {c: [] for c in range(fresh.num_clusters)} if counters["is_initialized"] else {}
-        )
-        for label, c in fresh.label_to_cluster.items():
-            fresh.cluster_labels[c].append(label)
-        fresh.num_batches = int(counters["num_batches"])
-        fresh.num_updates = int(counters["num_updates"])
-        fresh.num_labels_seen = int(counters["num_labels_seen"])
-        fresh.is_initialized = bool(counters["is_initialized"])
-        fresh._warned_not_ready = bool(counters["warned_not_ready"])
-        self.__dict__.update(fresh.__dict__)
+        seen = [
+            (lbl, c)
+            for lbl, c in zip(labels[: len(cluster_of_id)], cluster_of_id.tolist(), strict=True)
+            if c >= 0
+        ]
+        fresh.label_to_cluster = dict(seen)
+        fresh.cluster_labels = _members(fresh.label_to_cluster)
+        fresh.num_batches = num_batches
+        fresh.num_updates = num_updates
+        fresh.num_labels_seen = num_seen
+        fresh.is_initialized = initialized
+        fresh._warned_not_ready = warned
+        return fresh
+
+    def _from_note_state(self, state: dict[str, Any]) -> PrototypeManager:
+        """A new manager holding the note's checkpoint: this manager's configuration with
+        the file's ``num_clusters``, the file's prototypes and mappings, and an empty store
+        (the note's file holds no embeddings). The file's labels are known to the store
+        without samples, so that they keep their clusters until the next clustering, which
+        uses only the samples added after the load (as the note's)."""
+        config = self._config()
+        config["num_clusters"] = check_int("state.num_clusters", state["num_clusters"], 1)
+        fresh = PrototypeManager(device=self.device, **config)
+        k = fresh.num_clusters
+        initialized = _state_bool("state.is_initialized", state["is_initialized"])
+        num_updates = _state_count("state.num_updates", state["num_updates"])
+        protos = state["prototypes"]
+        if protos is not None:
+            protos = _state_matrix("prototypes", protos, rows=k)
+        if initialized and protos is None:
+            raise ValueError("state: is_initialized is True but there are no prototypes")
+        mapping = state["label_to_cluster"]
+        if not isinstance(mapping, dict):
+            raise TypeError(f"state.label_to_cluster must be a dict, got {type(mapping)}")
+        check_labels("state.label_to_cluster", list(mapping))
+        for label, c in mapping.items():
+            if isinstance(c, bool) or not isinstance(c, int | np.integer):
+                raise TypeError(
+                    f"state.label_to_cluster[{label!r}] must be an int, got {type(c).__name__}"
+                )
+            if not 0 <= c < k:
+                raise ValueError(f"state.label_to_cluster[{label!r}] must be in [0, {k}), got {c}")
+        mapping = {label: int(c) for label, c in mapping.items()}
+        if mapping and not initialized:
+            raise ValueError("state: cluster assignments without is_initialized")
+        members = state["cluster_labels"]
+        if not isinstance(members, dict):
+            raise TypeError(f"state.cluster_labels must be a dict, got {type(members)}")
+        expected = _members(mapping)
+        given = {c: sorted(v) for c, v in members.items() if len(v)}
+        if given != {c: sorted(v) for c, v in expected.items()}:
+            raise ValueError("state: cluster_labels does not match label_to_cluster")
+        ids = fresh.store.intern(list(mapping))
+        table = np.full(len(mapping) + 1, -1, dtype=np.int64)
+        table[ids] = list(mapping.values())
+        if protos is not None:
+            fresh.prototypes = protos.to(self._target_device())
+        fresh._cluster_table = table
+        fresh.label_to_cluster = mapping
+        fresh.cluster_labels = defaultdict(list, {c: list(v) for c, v in members.items()})
+        fresh.num_updates = num_updates
+        fresh.num_labels_seen = len(mapping)
+        fresh.is_initialized = initialized
+        return fresh
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Saves :meth:`state_dict` with ``torch.save``.
+        """Saves :meth:`state_dict` with ``torch.save``, atomically: the state
+        goes to a temporary file in the same folder, is flushed to disk and
+        then replaces ``path``, so that a crash mid-save leaves the previous
+        file intact.
 
         Args:
             path: Destination file.
         """
-        torch.save(self.state_dict(), path)
+        path = os.fspath(path)
+        state = self.state_dict()
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        try:  # the rename itself reaches the disk with the folder
+            dir_fd = os.open(folder, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(dir_fd)
+        except OSError:
+            pass
+        finally:
+            os.close(dir_fd)
 
-    @classmethod
-    def load(
-        cls, path: str | os.PathLike[str], device: str | torch.device | None = None
-    ) -> PrototypeManager:
-        """Loads a manager saved with :meth:`save`. Never unpickles arbitrary
-        objects (``torch.load(..., weights_only=True)``).
+    def _load_into(self, path: str | os.PathLike[str]) -> PrototypeManager:
+        """``manager.load(path)``: restores this manager in place from a file
+        written by :meth:`save` or by the note's ``save()``, keeping its device.
+        Never unpickles arbitrary objects (``weights_only=True``).
 
         Args:
-            path: A file written by :meth:`save`.
-            device: Where to put the prototypes (default: CPU).
+            path: The file.
+
+        Returns:
+            This manager.
+
+        Raises:
+            ValueError: The file is not a readable checkpoint (the message names it),
+                or its state is inconsistent; the manager is then unchanged.
+        """
+        self.load_state_dict(_read_checkpoint(path))
+        return self
+
+    def _load_new(
+        cls, path: str | os.PathLike[str], device: str | torch.device | None = None
+    ) -> PrototypeManager:
+        """Loads a manager saved with :meth:`save` (or by the note's ``save()``).
+
+        On the class, ``PrototypeManager.load(path)`` returns a new manager; on
+        an instance, ``manager.load(path)`` restores that manager in place (the
+        note's usage) and returns it. Never unpickles arbitrary objects
+        (``torch.load(..., weights_only=True)``).
+
+        Args:
+            path: A file written by :meth:`save` or by the note's ``save()``.
+            device: Where to put the prototypes (default: CPU); class form only.
 
         Returns:
             The restored manager.
+
+        Raises:
+            ValueError: The file is not a readable checkpoint (the message names
+                it), or its state is inconsistent.
         """
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _read_checkpoint(path)
         manager = cls(device=device)
         manager.load_state_dict(state)
         return manager
+
+    load = _LoadMethod(_load_new, _load_into)
+
+
+def _read_checkpoint(path: str | os.PathLike[str]) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; a truncated, junk or refused
+    file raises a ValueError that names it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, KeyError) as error:
+        raise ValueError(
+            f"{os.fspath(path)!r} is not a readable prototype manager checkpoint: {error}"
+        ) from error
+
+
+def _state_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"state.{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def _state_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"state.{name} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"state.{name} must be >= 0, got {value}")
+    return int(value)
+
+
+def _state_ids(name: str, value: Any, low: int, high: int | None) -> np.ndarray:
+    """A 1-D integer tensor as int64 numpy, every value in ``[low, high)``."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"state.{name} must be a tensor, got {type(value).__name__}")
+    if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+        raise TypeError(f"state.{name} must have an integer dtype, got {value.dtype}")
+    if value.dim() != 1:
+        raise ValueError(f"state.{name} must be 1-D, got shape {tuple(value.shape)}")
+    array = value.cpu().numpy().astype(np.int64)
+    if len(array) and (array.min() < low or (high is not None and array.max() >= high)):
+        bound = f">= {low}" if high is None else f"in [{low}, {high})"
+        raise ValueError(f"state.{name} must be {bound}, got values {array.min()}..{array.max()}")
+    return array
+
+
+def _state_matrix(name: str, value: Any, rows: int | None = None, dim: int | None = None) -> Tensor:
+    """A finite 2-D floating tensor (``rows`` x ``dim`` where given)."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"state.{name} must be a tensor, got {type(value).__name__}")
+    if not value.dtype.is_floating_point:
+        raise TypeError(f"state.{name} must have a floating dtype, got {value.dtype}")
+    if value.dim() != 2:
+        raise ValueError(f"state.{name} must be 2-D, got shape {tuple(value.shape)}")
+    if rows is not None and value.shape[0] != rows:
+        raise ValueError(f"state.{name} must have {rows} rows, got {value.shape[0]}")
+    if dim is not None and value.shape[1] != dim:
+        raise ValueError(
+            f"state.{name} must have {dim} columns (the store's dimension), got {value.shape[1]}"
+        )
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"state.{name} contains a non-finite value (NaN or inf)")
+    return value

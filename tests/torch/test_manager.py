@@ -55,7 +55,8 @@ def test_defaults_are_the_notes() -> None:
     m = PrototypeManager()
     assert (m.num_clusters, m.update_interval, m.min_samples_per_cluster) == (5, 100, 3)
     assert m.prototypes is None and m.label_to_cluster == {} and not m.is_initialized
-    assert m.min_unique_labels == 15
+    assert m.min_samples_rule == "samples"  # the note's trigger: samples, not unique labels
+    assert (m.min_total_samples, m.min_unique_labels) == (15, 5)
 
 
 def test_reclusters_every_interval_once_enough_labels() -> None:
@@ -72,7 +73,9 @@ def test_reclusters_every_interval_once_enough_labels() -> None:
 
 
 def test_waits_for_enough_unique_labels_and_logs_once(caplog) -> None:
-    m = PrototypeManager(num_clusters=4, update_interval=1, min_samples_per_cluster=2)
+    m = PrototypeManager(
+        num_clusters=4, update_interval=1, min_samples_per_cluster=2, min_samples_rule="labels"
+    )
     caplog.set_level(logging.INFO, logger="protofast")
     for _ in range(3):
         m.add_labels(["a", "b", "c"], torch.randn(3, 4))
@@ -270,7 +273,7 @@ def test_resumed_run_reclusters_exactly_like_the_uninterrupted_one(tmp_path, ing
         first.add_labels(*b)
     first.save(tmp_path / "m.pt")
     state = torch.load(tmp_path / "m.pt", weights_only=True)  # no arbitrary unpickling
-    assert state["version"] == 1
+    assert state["version"] == 2
     resumed = PrototypeManager.load(tmp_path / "m.pt")
     for b in batches[7:]:
         resumed.add_labels(*b)
