@@ -13,6 +13,7 @@ matrix. Queue entries are extra negatives with zero target.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -60,7 +61,7 @@ def soft_cross_entropy(logits: Logits, targets: FactoredTargets) -> tuple[Tensor
     if targets.plan is Plan.IDENTITY:
         loss = 0.5 * (lse_it.mean() + lse_ti.mean()) - base.diagonal().sum() / batch
         return loss, lse_it, lse_ti
-    with torch.no_grad():
+    with contextlib.nullcontext() if targets.graph else torch.no_grad():
         row_sums = targets.row_sums()
         symmetric = targets.symmetric()
     lse = lse_it + lse_ti
@@ -113,6 +114,14 @@ class InfoNCELoss(nn.Module):
             instead of the batch's text embeddings, and ``label_texts`` must be passed to
             ``forward`` with every label present in the mapping. Stored as a non-persistent
             buffer (moves with ``.to()``, not saved in ``state_dict``).
+        detach_targets: ``True`` (default): the soft targets carry no gradient; they are the
+            distribution the logits are pulled towards, and a gradient through them would let
+            the model move the targets towards its own predictions. ``False`` restores the
+            design note's code, which keeps the graph from the text embeddings to its pairwise
+            and prototype targets (only the targets of trainable text embeddings differ; frozen
+            ``target_embeddings`` carry no gradient either way). The targets are then built per
+            sample with tensor operations, and a manager's ``prototype_logits`` is called with
+            ``keep_graph=True``.
 
     Raises:
         TypeError: On an argument of the wrong type.
@@ -164,8 +173,10 @@ class InfoNCELoss(nn.Module):
         *,
         hard_targets: HardTargets = "identity",
         target_embeddings: Mapping[str, Any] | None = None,
+        detach_targets: bool = True,
     ) -> None:
         super().__init__()
+        self.detach_targets = check_bool("detach_targets", detach_targets)
         self.temperature = check_positive("temperature", temperature)
         self.use_soft_targets = check_bool("use_soft_targets", use_soft_targets)
         self.soft_target_temperature = check_positive(
@@ -199,7 +210,8 @@ class InfoNCELoss(nn.Module):
             f"soft_target_weight={self.soft_target_weight}, "
             f"use_prototypes={self.use_prototypes}, prototype_weight={self.prototype_weight}, "
             f"hard_targets={self.hard_targets!r}, "
-            f"target_embeddings={self._target_matrix is not None}"
+            f"target_embeddings={self._target_matrix is not None}, "
+            f"detach_targets={self.detach_targets}"
         )
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -253,6 +265,7 @@ class InfoNCELoss(nn.Module):
             frozen_matrix=self._target_matrix,
             want_semantic=want_semantic,
             plan=plan,
+            detach=self.detach_targets,
         )
 
     def get_logits(
@@ -442,6 +455,7 @@ class SemanticAlignmentLoss(nn.Module):
         *,
         hard_targets: HardTargets = "identity",
         target_embeddings: Mapping[str, Any] | None = None,
+        detach_targets: bool = True,
     ) -> None:
         super().__init__()
         self.infonce = InfoNCELoss(
@@ -454,6 +468,7 @@ class SemanticAlignmentLoss(nn.Module):
             prototype_manager=prototype_manager,
             hard_targets=hard_targets,
             target_embeddings=target_embeddings,
+            detach_targets=detach_targets,
         )
 
     @property

@@ -15,6 +15,7 @@ What goes beyond the note is keyword-only and off by default or documented.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -658,7 +659,12 @@ class PrototypeManager:
 
     @_locked
     def prototype_logits(
-        self, label_texts: Sequence[str], text_embeddings: Tensor, temperature: float = 0.5
+        self,
+        label_texts: Sequence[str],
+        text_embeddings: Tensor,
+        temperature: float = 0.5,
+        *,
+        keep_graph: bool = False,
     ) -> PrototypeLogits:
         """The prototype targets of a batch in factored form.
 
@@ -682,7 +688,8 @@ class PrototypeManager:
             ValueError: Length or dimension mismatch, or ``temperature <= 0``.
         """
         labels = self._known(label_texts) or check_labels("label_texts", label_texts)
-        emb = check_embeddings("text_embeddings", text_embeddings, len(labels)).detach()
+        source = check_embeddings("text_embeddings", text_embeddings, len(labels))
+        emb = source.detach()
         temperature = check_positive("temperature", temperature)
         n, device = len(labels), emb.device
         dtype = torch.promote_types(emb.dtype, torch.float32)
@@ -700,10 +707,12 @@ class PrototypeManager:
         with torch.no_grad():
             clusters, unseen = self._clusters(labels, emb, self.unseen)
             scaled = self._scaled_prototypes(device, dtype, temperature)
-            logits = scaled @ emb.to(dtype).T  # (k, n): k distinct rows
             one_hot = None
             if self.unseen == "one_hot" and unseen.any():
                 one_hot = _to_device(unseen, device)
+        with contextlib.nullcontext() if keep_graph else torch.no_grad():
+            rows = source if keep_graph else emb
+            logits = scaled @ rows.to(dtype).T  # (k, n): k distinct rows
         return PrototypeLogits(logits, clusters, one_hot)
 
     @_locked

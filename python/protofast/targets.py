@@ -19,7 +19,9 @@ mass spread evenly over the label's columns. The per-label plans use that to bui
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -242,6 +244,7 @@ class FactoredTargets:
 
     Attributes:
         plan: The :class:`Plan` that built these targets.
+        graph: Whether the parts carry a gradient (``build_targets(..., detach=False)``).
         batch: ``B``.
         ids: ``(B,)`` int64 label number of each sample (``None`` when labels were not grouped).
         semantic: Mean off-diagonal similarity of the samples' label embeddings (0-dim), when
@@ -255,6 +258,7 @@ class FactoredTargets:
         "diagonal",
         "dtype",
         "device",
+        "graph",
         "ids",
         "label_part",
         "mass",
@@ -284,6 +288,7 @@ class FactoredTargets:
         self.mass = 0.0  # row mass of the parts built row-stochastic
         self.summed: Tensor | None = None  # row sums of the other parts
         self.semantic: Tensor | None = None
+        self.graph = False  # whether the parts carry a gradient (see build_targets' detach)
 
     def add(self, matrix: Tensor, mass: float | None) -> None:
         """Adds an ``L x L`` part on the per-label plans, a ``B x B`` one otherwise."""
@@ -305,11 +310,17 @@ class FactoredTargets:
         """Adds ``scale`` times a ``B x B`` part (owned by this object from now on; the scale
         goes in with the addition, no pass of its own); ``mass=None`` sums its rows."""
         if self.dense_part is None:
-            self.dense_part = matrix if scale == 1.0 else matrix.mul_(scale)
+            if scale != 1.0:
+                matrix = matrix * scale if matrix.requires_grad else matrix.mul_(scale)
+            self.dense_part = matrix
+        elif self.dense_part.requires_grad or matrix.requires_grad:
+            self.dense_part = self.dense_part.add(matrix, alpha=scale)  # a softmax output may
+            # be kept for the backward pass: no in-place update
         else:
             self.dense_part.add_(matrix, alpha=scale)
         if mass is None:
             rows = matrix.sum(dim=1) if self.dense_part is matrix else matrix.sum(dim=1) * scale
+            rows = rows.detach()
             self.summed = rows if self.summed is None else self.summed.add_(rows)
         else:
             self.mass += mass
@@ -392,7 +403,10 @@ def _spread_softmax(logits: Tensor, counts: Tensor | None, weight: float) -> Ten
     columns, the same softmax over the samples spread evenly over each label's columns."""
     if counts is None:
         rows = torch.softmax(logits, dim=1)
-        return rows if weight == 1.0 else rows.mul_(weight)
+        if weight == 1.0:
+            return rows
+        # softmax keeps its output for the backward pass: scale a copy when there is one
+        return rows * weight if rows.requires_grad else rows.mul_(weight)
     return torch.softmax(logits + counts.log(), dim=1).mul_(weight / counts)
 
 
@@ -488,8 +502,9 @@ def build_targets(
     frozen_matrix: Tensor | None = None,
     want_semantic: bool = False,
     plan: Plan | None = None,
+    detach: bool = True,
 ) -> FactoredTargets:
-    """The targets of one step, without gradient.
+    """The targets of one step, without gradient (by default).
 
     Args:
         spec: What to blend.
@@ -503,9 +518,15 @@ def build_targets(
         want_semantic: Also compute :attr:`FactoredTargets.semantic`.
         plan: Force a plan (tests and comparisons); ``None`` chooses. A forced per-label plan
             falls back to ``SAMPLE`` where it cannot be used.
+        detach: ``False`` keeps the graph from ``text`` to the soft targets (the design note's
+            code backpropagates through its targets): the targets are then built per sample
+            with tensor operations (``SAMPLE``), unless they come from ``frozen`` embeddings,
+            which carry no gradient anyway; protofast's manager is asked for its prototype
+            logits with ``keep_graph=True``.
 
     Returns:
-        The :class:`FactoredTargets`; its ``plan`` says how they were built.
+        The :class:`FactoredTargets`; its ``plan`` says how they were built and its
+        ``graph`` whether they carry a gradient.
 
     Raises:
         ValueError: A label is missing from ``frozen``, or a manager's matrix has the wrong
@@ -517,20 +538,28 @@ def build_targets(
         )
         targets.add_diagonal(1.0, 1.0)
         return targets
-    with torch.no_grad():
-        text = text.detach()
-        batch = _grouping(spec, text, label_texts, manager, frozen)
+    graph = not detach and frozen is None and text.requires_grad and torch.is_grad_enabled()
+    with contextlib.nullcontext() if graph else torch.no_grad():
+        if not graph:
+            text = text.detach()
+        batch = _grouping(spec, text.detach(), label_texts, manager, frozen)
         factored_fn = getattr(manager, "prototype_logits", None) if spec.use_prototypes else None
         if not callable(factored_fn):
             factored_fn = None
+        elif graph:
+            factored_fn = functools.partial(factored_fn, keep_graph=True)
         chosen = _choose_plan(spec, text, batch, frozen, factored_fn is not None)
         if plan is not None and plan is not Plan.IDENTITY and chosen is not Plan.IDENTITY:
             if plan is Plan.SAMPLE or chosen is not Plan.SAMPLE:
                 chosen = plan
+        if graph and chosen in (Plan.LABEL, Plan.LABEL_CORE):
+            chosen = Plan.SAMPLE  # the per-label plans gather rows on the host: no graph
         builder = _Builder(
             spec, text, label_texts, batch, manager, factored_fn, frozen, frozen_matrix
         )
-        return builder.build(chosen, want_semantic)
+        targets = builder.build(chosen, want_semantic)
+        targets.graph = graph
+        return targets
 
 
 class _Builder:

@@ -982,3 +982,66 @@ def test_settings_changed_after_construction_take_effect() -> None:
         torch.testing.assert_close(got, fresh.get_targets(text, labels).dense())
         assert not torch.allclose(got, before)
         before = got
+
+
+@pytest.mark.parametrize("mode_name", ["pairwise", "hybrid", "pairwise_label"])
+def test_targets_keep_their_graph_when_asked_as_the_notes_code(mode_name: str) -> None:
+    """``detach_targets=False``: the loss backpropagates through its pairwise and prototype
+    targets into the text embeddings, as the design note's code does; checked against the
+    note's formula written out in plain torch, targets differentiable. With the default the
+    text gradient is the one of detached targets."""
+    mode, dim = MODES[mode_name], 6
+    manager = _clustered_manager("nearest", dim)
+    gen = torch.Generator().manual_seed(9)
+    labels = [ACTIVITIES[i] for i in [0, 1, 0, 9, 2, 1, 0, 3, 8, 0]]
+    per_label = {label: _normalized(gen, dim) for label in ACTIVITIES}
+    text0 = torch.stack([per_label[label] for label in labels]).double()
+    imu0 = _normalized(gen, len(labels), dim).double()
+    tau, soft_tau, w, p = 0.2, 0.4, 0.6, 0.3
+
+    def reference(detach: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        imu, text = imu0.clone().requires_grad_(True), text0.clone().requires_grad_(True)
+        source = text.detach() if detach else text
+        pairwise = torch.softmax(source @ source.T / soft_tau, dim=1)
+        if mode.use_proto:
+            clusters = manager.assign(labels, text0)
+            protos = manager.prototypes.double()
+            proto = torch.softmax(protos @ source.T / soft_tau, dim=1)[clusters]
+            soft = (1 - p) * pairwise + p * proto
+        else:
+            soft = pairwise
+        hard = ref.ref_hard(len(labels), labels if mode.hard == "label" else None)
+        targets = (1 - w) * hard + w * soft
+        logits = imu @ text.T / tau
+        loss = 0.5 * (
+            -(targets * torch.log_softmax(logits, dim=1)).sum(1).mean()
+            - (targets * torch.log_softmax(logits.T, dim=1)).sum(1).mean()
+        )
+        loss.backward()
+        assert imu.grad is not None and text.grad is not None
+        return loss.detach(), imu.grad, text.grad
+
+    for detach in (False, True):
+        loss_fn = InfoNCELoss(
+            temperature=tau,
+            use_soft_targets=True,
+            soft_target_temperature=soft_tau,
+            soft_target_weight=w,
+            use_prototypes=mode.use_proto,
+            prototype_weight=p,
+            prototype_manager=manager if mode.use_proto else None,
+            hard_targets=mode.hard,
+            detach_targets=detach,
+        )
+        imu, text = imu0.clone().requires_grad_(True), text0.clone().requires_grad_(True)
+        loss, _ = loss_fn(imu, text, labels)
+        loss.backward()
+        want_loss, want_imu, want_text = reference(detach)
+        tol = dict(rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(loss.detach(), want_loss, **tol)
+        torch.testing.assert_close(imu.grad, want_imu, **tol)
+        torch.testing.assert_close(text.grad, want_text, **tol)
+        plan = loss_fn.get_targets(text, labels).plan
+        assert plan is (Plan.LABEL if detach else Plan.SAMPLE)
+    # the two settings differ in the text gradient only through the targets
+    assert not torch.allclose(reference(False)[2], reference(True)[2])
