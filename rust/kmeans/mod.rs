@@ -121,6 +121,12 @@ fn kmeans_with(
     if params.n_init == 0 {
         return Err(Error::invalid("n_init", "must be at least 1"));
     }
+    if params.n_init > MAX_N_INIT {
+        return Err(Error::invalid(
+            "n_init",
+            format!("at most {MAX_N_INIT} restarts, got {}", params.n_init),
+        ));
+    }
     if !(params.tol.is_finite() && params.tol >= 0.0) {
         return Err(Error::invalid("tol", "must be a finite number ≥ 0"));
     }
@@ -163,19 +169,19 @@ fn kmeans_with(
     // Bounds pay only when a step is long enough to amortise their
     // bookkeeping (same results either way).
     let bounded = n.saturating_mul(d).saturating_mul(k) >= BOUNDED_MIN_WORK;
-    // The seeds of every restart first, in order: they alone draw from `rng`,
-    // so the restarts' Lloyd runs are independent of each other.
-    let inits: Vec<Vec<f32>> = (0..runs)
-        .map(|_| match (&params.init, &given) {
+    // The seeds of the restarts are drawn in order, and they alone draw from
+    // `rng`, so the restarts' Lloyd runs are independent of each other.
+    let draw = |rng: &mut Rng| -> Result<Vec<f32>> {
+        Ok(match (&params.init, &given) {
             (_, Some(c)) => c.clone(),
-            (Init::Random, _) => random_init(x, n, d, k, &mut rng),
+            (Init::Random, _) => random_init(x, n, d, k, rng),
             _ => gather_rows(
                 x,
                 d,
-                &greedy_kmeanspp(x, &x_norms, n, d, k, params.n_local_trials, &mut rng, true),
+                &greedy_kmeanspp(x, &x_norms, n, d, k, params.n_local_trials, rng, true)?,
             ),
         })
-        .collect();
+    };
     let run = |init: Vec<f32>| {
         lloyd(
             x,
@@ -190,18 +196,42 @@ fn kmeans_with(
         )
     };
     // Small problems run their restarts side by side (a step is too short to
-    // split well); large ones one after the other, each step parallel, so that
-    // only one restart's buffers are alive at a time. Same results either way.
-    let runs: Vec<KMeansResult> = if side_by_side && runs > 1 {
-        inits.into_par_iter().map(run).collect()
+    // split well), RESTART_CHUNK at a time; large ones one after the other,
+    // each step parallel, so that only one restart's buffers are alive at a
+    // time. Same results either way: only the seeds draw from `rng`, in order.
+    let chunk = if side_by_side && runs > 1 {
+        RESTART_CHUNK
     } else {
-        inits.into_iter().map(run).collect()
+        1
     };
-    // the first restart of least inertia, as when they ran one by one
-    runs.into_iter()
-        .reduce(|best, r| if r.inertia < best.inertia { r } else { best })
-        .ok_or_else(|| Error::invalid("n_init", "must be at least 1"))
+    let mut best: Option<KMeansResult> = None;
+    let mut done = 0;
+    while done < runs {
+        let m = chunk.min(runs - done);
+        let inits = (0..m).map(|_| draw(&mut rng)).collect::<Result<Vec<_>>>()?;
+        let results: Vec<KMeansResult> = if m > 1 {
+            inits.into_par_iter().map(run).collect()
+        } else {
+            inits.into_iter().map(run).collect()
+        };
+        // the first restart of least inertia, as when they ran one by one
+        for r in results {
+            best = match best {
+                Some(b) if !(r.inertia < b.inertia) => Some(b),
+                _ => Some(r),
+            };
+        }
+        done += m;
+    }
+    best.ok_or_else(|| Error::invalid("n_init", "must be at least 1"))
 }
+
+/// Most restarts [`kmeans`] accepts: more is taken for a mistake (each
+/// restart is a whole k-means run).
+pub const MAX_N_INIT: usize = 1 << 20;
+
+/// Restarts run side by side at once (bounds the memory of many restarts).
+const RESTART_CHUNK: usize = 64;
 
 /// Whether [`kmeans`] runs its `runs` restarts in parallel: several, on a
 /// problem whose steps are too small to split (n·d·k below
@@ -257,16 +287,7 @@ pub fn kmeans_plusplus(
     check_points(x, n, d, k, n_local_trials)?;
     let x_norms = checked_sq_norms("x", x, d)?;
     let mut rng = Rng::new(seed);
-    Ok(greedy_kmeanspp(
-        x,
-        &x_norms,
-        n,
-        d,
-        k,
-        n_local_trials,
-        &mut rng,
-        true,
-    ))
+    greedy_kmeanspp(x, &x_norms, n, d, k, n_local_trials, &mut rng, true)
 }
 
 /// The rows `idx` of the n×d matrix `x`, in that order.
@@ -522,6 +543,40 @@ mod tests {
         p.n_local_trials = Some(0);
         let e = kmeans(&x, 3, 2, &p).unwrap_err();
         assert!(e.to_string().starts_with("n_local_trials:"), "{e}");
+    }
+
+    #[test]
+    fn absurd_restarts_and_trials_are_errors_or_capped() {
+        let (x, n) = blobs(20, 8);
+        for n_init in [MAX_N_INIT + 1, 1 << 40, 1 << 63, usize::MAX] {
+            let mut p = KMeansParams::new(2);
+            p.n_init = n_init;
+            let e = kmeans(&x, n, 2, &p).unwrap_err();
+            assert!(e.to_string().starts_with("n_init:"), "{e}");
+        }
+        // more candidates per centre than points: capped at n
+        let mut p = KMeansParams::new(2);
+        p.n_local_trials = Some(n);
+        let capped = kmeans(&x, n, 2, &p).unwrap();
+        for trials in [n + 1, 1_000_000_000, 1 << 62, usize::MAX] {
+            p.n_local_trials = Some(trials);
+            assert_eq!(kmeans(&x, n, 2, &p).unwrap(), capped);
+            let seeds = kmeans_plusplus(&x, n, 2, 3, 0, Some(trials)).unwrap();
+            assert_eq!(seeds, kmeans_plusplus(&x, n, 2, 3, 0, Some(n)).unwrap());
+        }
+    }
+
+    #[test]
+    fn many_restarts_in_chunks_give_the_sequential_result() {
+        let mut rng = Rng::new(12);
+        let (n, d) = (40, 2);
+        let x: Vec<f32> = (0..n * d).map(|_| rng.next_f64() as f32).collect();
+        let mut p = KMeansParams::new(5);
+        p.n_init = 2 * RESTART_CHUNK + 3;
+        p.seed = 4;
+        let seq = in_pool(2, || kmeans_with(&x, n, d, &p, false).unwrap());
+        let par = in_pool(2, || kmeans_with(&x, n, d, &p, true).unwrap());
+        assert_eq!(seq, par);
     }
 
     #[test]
