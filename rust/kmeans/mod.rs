@@ -217,8 +217,9 @@ fn kmeans_with(
         // the first restart of least inertia, as when they ran one by one
         for r in results {
             best = match best {
-                Some(b) if !(r.inertia < b.inertia) => Some(b),
-                _ => Some(r),
+                Some(b) if r.inertia < b.inertia => Some(r),
+                Some(b) => Some(b),
+                None => Some(r),
             };
         }
         done += m;
