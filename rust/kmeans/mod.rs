@@ -26,7 +26,7 @@ use std::borrow::Cow;
 use rayon::prelude::*;
 
 use crate::error::{check_finite, check_matrix, Error, Result};
-use crate::linalg::{checked_sq_norms, normalize_rows, row_sq_norms};
+use crate::linalg::{checked_sq_norms, normalize_rows};
 use crate::rng::Rng;
 
 use lloyd::lloyd;
@@ -136,7 +136,9 @@ fn kmeans_with(
         if let Some(row) = normalize_rows(&mut owned, d) {
             return Err(Error::invalid(
                 "x",
-                format!("row {row} has zero norm; spherical k-means needs non-zero rows"),
+                format!(
+                    "row {row} has zero norm (or one below 1.1e-19); spherical k-means needs non-zero rows"
+                ),
             ));
         }
         Cow::Owned(owned)
@@ -148,6 +150,9 @@ fn kmeans_with(
             check_matrix("init", c, k, d)?;
             check_finite("init", c, d)?;
             let mut c = c.clone();
+            if !params.spherical {
+                checked_sq_norms("init", &c, d)?;
+            }
             if params.spherical {
                 if let Some(row) = normalize_rows(&mut c, d) {
                     return Err(Error::invalid(
@@ -162,7 +167,9 @@ fn kmeans_with(
     };
 
     let x = &*x;
-    let x_norms = row_sq_norms(x, d);
+    // also rejects rows of norm ≥ 1e18, whose squares overflow f32 (after
+    // normalisation, in spherical mode, there are none)
+    let x_norms = checked_sq_norms("x", x, d)?;
     let tol = params.tol * mean_feature_variance(x, n, d);
     let mut rng = Rng::new(params.seed);
     let runs = if given.is_some() { 1 } else { params.n_init };
@@ -565,6 +572,53 @@ mod tests {
             let seeds = kmeans_plusplus(&x, n, 2, 3, 0, Some(trials)).unwrap();
             assert_eq!(seeds, kmeans_plusplus(&x, n, 2, 3, 0, Some(n)).unwrap());
         }
+    }
+
+    #[test]
+    fn huge_rows_are_rejected_and_large_ones_are_exact() {
+        // rows of ~1e19: squared norms overflow f32 (inertia 4e40, not 0)
+        let pts = [[1.0f32, 2.0], [3.0, -1.0], [0.5, 0.5]];
+        for scale in [1e17f32, 1e19] {
+            let x: Vec<f32> = pts.iter().flatten().map(|v| v * scale).collect();
+            let mut p = KMeansParams::new(3);
+            let r = kmeans(&x, 3, 2, &p);
+            let seeds = kmeans_plusplus(&x, 3, 2, 3, 0, None);
+            if scale < 1e18 {
+                assert_eq!(r.unwrap().inertia, 0.0);
+                assert!(seeds.is_ok());
+            } else {
+                assert_eq!(r.unwrap_err(), crate::error::too_large("x", 0));
+                assert_eq!(seeds.unwrap_err(), crate::error::too_large("x", 0));
+                // spherical k-means normalises them first: fine
+                p.spherical = true;
+                assert!(kmeans(&x, 3, 2, &p).is_ok());
+            }
+        }
+        let (x, n) = blobs(10, 9);
+        let mut p = KMeansParams::new(2);
+        p.init = Init::Given(vec![0.0, 0.0, 5e18, 0.0]);
+        assert_eq!(
+            kmeans(&x, n, 2, &p).unwrap_err(),
+            crate::error::too_large("init", 1)
+        );
+    }
+
+    #[test]
+    fn subnormal_rows_are_zero_for_spherical_kmeans() {
+        let x = [1.0f32, 0.0, 0.0, 1.0, 1e-40, -1e-40];
+        let mut p = KMeansParams::new(2);
+        p.spherical = true;
+        let e = kmeans(&x, 3, 2, &p).unwrap_err();
+        assert!(e.to_string().starts_with("x: row 2 has zero norm"), "{e}");
+        let y = [1.0f32, 0.0, 0.0, 1.0, 1e-18, -1e-18];
+        let r = kmeans(&y, 3, 2, &p).unwrap();
+        assert!(r.centroids.iter().all(|v| v.is_finite()), "{r:?}");
+        p.init = Init::Given(vec![1.0, 0.0, 1e-41, 0.0]);
+        let e = kmeans(&y, 3, 2, &p).unwrap_err();
+        assert!(
+            e.to_string().starts_with("init: row 1 has zero norm"),
+            "{e}"
+        );
     }
 
     #[test]
