@@ -1040,6 +1040,39 @@ mod tests {
         }
     }
 
+    #[test]
+    fn random_states_load_or_are_rejected() {
+        let sizes = [0usize, 1, 2, 3, usize::MAX / 2, usize::MAX];
+        for seed in 0..500u64 {
+            let mut r = rng(seed);
+            let n = r.below(4);
+            let st = StoreState {
+                max_samples_per_label: [None, Some(0), Some(1), Some(2), Some(usize::MAX)]
+                    [r.below(5)],
+                dim: [None, Some(0), Some(1), Some(2), Some(usize::MAX)][r.below(5)],
+                labels: (0..n)
+                    .map(|_| ["a", "b", "c"][r.below(3)].to_owned())
+                    .collect(),
+                counts: (0..n + r.below(2))
+                    .map(|_| [0u64, 1, 2, 3, u64::MAX][r.below(5)])
+                    .collect(),
+                data: (0..r.below(7))
+                    .map(|_| [0.5f32, f32::NAN, 1e30][r.below(3)])
+                    .collect(),
+                window_rows: (0..r.below(4))
+                    .map(|_| sizes[r.below(sizes.len())])
+                    .collect(),
+            };
+            if let Ok(s) = LabelStore::from_state(st.clone()) {
+                assert_eq!(s.to_state(), st, "seed {seed}");
+                let mut s = s;
+                // and it keeps working
+                let _ = s.add(&["a", "z"], &[1.0, 2.0], 1);
+                let _ = s.means();
+            }
+        }
+    }
+
     /// One label of dimension 4, `n` samples of 0.1 added one call each.
     fn mean_after_single_additions(n: usize) -> f32 {
         let mut s = LabelStore::new(None).unwrap();

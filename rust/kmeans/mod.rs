@@ -622,6 +622,47 @@ mod tests {
     }
 
     #[test]
+    fn random_arguments_give_an_error_or_a_consistent_result() {
+        let values = [0.0f32, 1.0, -2.5, 1e-40, 3e17, 2e19, f32::MAX, f32::NAN];
+        let sizes = [0usize, 1, 2, 3, 7, 1 << 40, usize::MAX];
+        for seed in 0..300u64 {
+            let mut r = Rng::new(seed);
+            let (n, d) = (r.below(6), 1 + r.below(3));
+            let x: Vec<f32> = (0..n * d)
+                .map(|_| {
+                    if r.below(8) == 0 {
+                        values[r.below(values.len())]
+                    } else {
+                        r.next_f64() as f32
+                    }
+                })
+                .collect();
+            let mut p = KMeansParams::new(sizes[r.below(5)]);
+            p.n_init = sizes[r.below(sizes.len())];
+            p.max_iter = sizes[r.below(5)];
+            p.tol = [0.0, 1e-4, -1.0, f64::NAN][r.below(4)];
+            p.spherical = r.below(2) == 0;
+            p.n_local_trials =
+                [None, Some(0), Some(1), Some(1 << 40), Some(usize::MAX)][r.below(5)];
+            p.init = match r.below(3) {
+                0 => Init::Random,
+                1 => Init::Given((0..p.k.min(8) * d).map(|i| i as f32).collect()),
+                _ => Init::KMeansPlusPlus,
+            };
+            if let Ok(res) = kmeans(&x, n, d, &p) {
+                assert_eq!(res.labels.len(), n, "seed {seed}");
+                assert_eq!(res.centroids.len(), p.k * d, "seed {seed}");
+                assert!(res.labels.iter().all(|&l| (l as usize) < p.k));
+                assert!(res.inertia.is_finite() && res.inertia >= 0.0, "seed {seed}");
+            }
+            if let Ok(idx) = kmeans_plusplus(&x, n, d, p.k, seed, p.n_local_trials) {
+                assert_eq!(idx.len(), p.k);
+                assert!(idx.iter().all(|&i| i < n));
+            }
+        }
+    }
+
+    #[test]
     fn many_restarts_in_chunks_give_the_sequential_result() {
         let mut rng = Rng::new(12);
         let (n, d) = (40, 2);
