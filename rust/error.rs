@@ -42,6 +42,23 @@ impl Error {
     }
 }
 
+/// Rows must have an L2 norm below 1e18 (squared: below this): squared
+/// distances and dot products of such rows cannot overflow f32.
+pub const MAX_SQ_NORM: f64 = 1e36;
+
+/// A row whose squared L2 norm is below this (a norm below about 1.1e-19)
+/// counts as zero for the cosine metric and spherical k-means: the inverse of
+/// a smaller norm overflows f32.
+pub const MIN_SQ_NORM: f64 = f32::MIN_POSITIVE as f64;
+
+/// The error for a row of `arg` whose norm is too large (see [`MAX_SQ_NORM`]).
+pub fn too_large(arg: &'static str, row: usize) -> Error {
+    Error::invalid(
+        arg,
+        format!("row {row} has an L2 norm of 1e18 or more; rescale the data"),
+    )
+}
+
 /// Checks that `data` holds only finite values; reports the first bad row.
 pub fn check_finite(arg: &'static str, data: &[f32], cols: usize) -> Result<()> {
     // A branch-free pass (vectorised) first; the position only on failure.

@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use crate::error::{Error, Result};
+use crate::error::{too_large, Error, Result, MAX_SQ_NORM, MIN_SQ_NORM};
 
 /// Rows per block in every blockwise routine. Fixed: results must not depend
 /// on how many threads share the blocks.
@@ -94,7 +94,8 @@ pub fn row_sq_norms(x: &[f32], d: usize) -> Vec<f32> {
 
 /// Squared L2 norm of each row, validating the values in the same parallel
 /// pass: a row holding a NaN or an infinity has a non-finite f64 norm (finite
-/// f32 values cannot overflow it), reported as [`Error::NonFinite`].
+/// f32 values cannot overflow it), reported as [`Error::NonFinite`]; a row
+/// of norm 1e18 or more (whose squares overflow f32) is an error too.
 pub fn checked_sq_norms(arg: &'static str, x: &[f32], d: usize) -> Result<Vec<f32>> {
     if d == 0 {
         return Ok(Vec::new());
@@ -102,6 +103,9 @@ pub fn checked_sq_norms(arg: &'static str, x: &[f32], d: usize) -> Result<Vec<f3
     let norms: Vec<f64> = x.par_chunks(d).map(crate::simd::sq_norm).collect();
     if let Some(row) = norms.iter().position(|v| !v.is_finite()) {
         return Err(Error::NonFinite { arg, row });
+    }
+    if let Some(row) = norms.iter().position(|&v| v >= MAX_SQ_NORM) {
+        return Err(too_large(arg, row));
     }
     Ok(norms.into_iter().map(|v| v as f32).collect())
 }
@@ -112,16 +116,15 @@ pub fn sq_dist(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// Scales each row to unit L2 norm; returns the index of the first row
-/// whose norm is zero, if any (left unchanged).
+/// whose norm is zero, if any (left unchanged). A norm so small that its
+/// inverse overflows f32 (squared norm below [`MIN_SQ_NORM`]) counts as
+/// zero.
 pub fn normalize_rows(x: &mut [f32], d: usize) -> Option<usize> {
     let mut zero = None;
     for (i, row) in x.chunks_mut(d).enumerate() {
-        let norm = row
-            .iter()
-            .map(|&v| (v as f64) * (v as f64))
-            .sum::<f64>()
-            .sqrt();
-        if norm == 0.0 {
+        let sq = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
+        let norm = sq.sqrt();
+        if sq < MIN_SQ_NORM {
             zero.get_or_insert(i);
             continue;
         }
@@ -271,14 +274,23 @@ mod tests {
             let e = checked_sq_norms("x", &y, 2).unwrap_err();
             assert_eq!(e, Error::NonFinite { arg: "x", row: 1 });
         }
+        // rows of norm 1e18 or more: their squares overflow f32
         let big = vec![f32::MAX; 384];
-        assert!(checked_sq_norms("x", &big, 384).is_ok());
+        let e = checked_sq_norms("x", &big, 384).unwrap_err();
+        assert_eq!(e, too_large("x", 0));
+        let y = [1.0f32, 0.0, 7e17, 7.2e17];
+        assert_eq!(checked_sq_norms("y", &y, 2).unwrap_err(), too_large("y", 1));
+        assert!(checked_sq_norms("y", &[1e17f32, 1e17], 2).is_ok());
     }
 
     #[test]
     fn normalize_reports_zero_rows() {
         let mut x = vec![3.0, 4.0, 0.0, 0.0];
         assert_eq!(normalize_rows(&mut x, 2), Some(1));
+        // subnormal norms count as zero; small normal ones are scaled
+        let mut s = vec![1e-18f32, 0.0, 1e-40, 1e-40];
+        assert_eq!(normalize_rows(&mut s, 2), Some(1));
+        assert_eq!(s[0], 1.0);
         assert!((x[0] - 0.6).abs() < 1e-7 && (x[1] - 0.8).abs() < 1e-7);
     }
 }

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use rayon::prelude::*;
 
-use crate::error::{check_matrix, Error, Result};
+use crate::error::{check_matrix, too_large, Error, Result, MAX_SQ_NORM, MIN_SQ_NORM};
 use crate::kernels::{row_dots, run_widest, RowKernel, RowOps};
 use crate::linalg::{checked_sq_norms, nearest, normalize_rows, Metric, ROW_BLOCK};
 
@@ -36,7 +36,7 @@ impl std::str::FromStr for LookupMetric {
 fn zero_norm(arg: &'static str, row: usize) -> Error {
     Error::invalid(
         arg,
-        format!("row {row} has zero norm; cosine similarity is undefined"),
+        format!("row {row} has zero norm (or one below 1.1e-19); cosine similarity is undefined"),
     )
 }
 
@@ -58,6 +58,7 @@ const FUSED_MAX_K: usize = 16;
 #[derive(Debug, Default, Clone, Copy)]
 struct BlockStatus {
     non_finite: Option<usize>,
+    too_large: Option<usize>,
     zero_norm: Option<usize>,
 }
 
@@ -132,6 +133,8 @@ unsafe fn fused_block<R: RowOps>(
         // exactly when the row is.
         if !norm.is_finite() {
             status.non_finite.get_or_insert(base + r);
+        } else if norm >= MAX_SQ_NORM {
+            status.too_large.get_or_insert(base + r);
         }
         // SAFETY: as above; `f.c` holds `dots.len() = k` rows of
         // `d = x.len()` values (asserted above).
@@ -150,7 +153,7 @@ unsafe fn fused_block<R: RowOps>(
                 (best, (norm as f32 + best_v).max(0.0))
             }
             LookupMetric::Cosine => {
-                if norm == 0.0 {
+                if norm < MIN_SQ_NORM {
                     status.zero_norm.get_or_insert(base + r);
                 }
                 let inv = (1.0 / norm.sqrt()) as f32;
@@ -258,6 +261,10 @@ fn nearest_fused(
             row,
         });
     }
+    if let Some(row) = c_norms.iter().position(|&v| v >= MAX_SQ_NORM) {
+        checked_sq_norms("queries", queries, d)?;
+        return Err(too_large("centroids", row));
+    }
     let (cs, c_norms, c_zero) = match metric {
         LookupMetric::L2 => (
             Cow::Borrowed(centroids),
@@ -302,6 +309,9 @@ fn nearest_fused(
             row,
         });
     }
+    if let Some(row) = statuses.iter().find_map(|s| s.too_large) {
+        return Err(too_large("queries", row));
+    }
     if let Some(row) = statuses.iter().find_map(|s| s.zero_norm) {
         return Err(zero_norm("queries", row));
     }
@@ -317,6 +327,54 @@ mod tests {
     use crate::cpu::CpuLevel;
     use crate::kernels::tests::values;
     use crate::kernels::{run_at, Portable};
+
+    #[test]
+    fn huge_rows_are_rejected_and_large_ones_are_exact() {
+        // squared norms of ~1e19 overflow f32: the nearest row of x to
+        // itself came out wrong ([0, 2, 2])
+        for k in [3, 40] {
+            for metric in [LookupMetric::L2, LookupMetric::Cosine] {
+                let mut x: Vec<f32> = (0..k * 2).map(|i| (i as f32 + 1.0) * 5e15).collect();
+                x[1] = -x[1];
+                let (ids, _) = nearest_prototype(&x, k, &x, k, 2, metric).unwrap();
+                if metric == LookupMetric::L2 {
+                    assert_eq!(ids, (0..k as u32).collect::<Vec<_>>(), "k={k}");
+                }
+                x[2 * 2 + 1] = 2e19;
+                let e = nearest_prototype(&x, k, &x[2..], k - 1, 2, metric).unwrap_err();
+                assert_eq!(e, too_large("queries", 2), "k={k} {metric:?}");
+                let q = [1.0f32, 1.0];
+                let e = nearest_prototype(&q, 1, &x, k, 2, metric).unwrap_err();
+                assert_eq!(e, too_large("centroids", 2), "k={k} {metric:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn subnormal_rows_count_as_zero_for_cosine() {
+        for k in [2, 40] {
+            let mut c: Vec<f32> = (0..k * 2).map(|i| 1.0 + i as f32).collect();
+            let tiny = [1e-40f32, 1e-40, 1.0, 2.0];
+            let e = nearest_prototype(&tiny, 2, &c, k, 2, LookupMetric::Cosine).unwrap_err();
+            assert!(
+                e.to_string().starts_with("queries: row 0 has zero norm"),
+                "{e}"
+            );
+            // small but normal rows work, with finite scores
+            let small = [1e-18f32, 2e-18];
+            let (_, s) = nearest_prototype(&small, 1, &c, k, 2, LookupMetric::Cosine).unwrap();
+            assert!(s[0].is_finite() && s[0] <= 1.0 + 1e-6, "{s:?}");
+            c[3] = 1e-41;
+            c[2] = 0.0;
+            let e = nearest_prototype(&small, 1, &c, k, 2, LookupMetric::Cosine).unwrap_err();
+            assert!(
+                e.to_string().starts_with("centroids: row 1 has zero norm"),
+                "{e}"
+            );
+            // L2 has no trouble with them
+            assert!(nearest_prototype(&tiny, 2, &c, k, 2, LookupMetric::L2).is_ok());
+        }
+    }
 
     #[test]
     fn l2_and_cosine() {
@@ -633,8 +691,12 @@ mod tests {
             e.to_string().starts_with("queries: row 400 has zero norm"),
             "{e}"
         );
-        // Large finite values are not mistaken for non-finite ones.
+        // Large finite values are not mistaken for non-finite ones: too
+        // large (their squares overflow f32), not NaN or inf.
         let big = vec![f32::MAX; 2 * d];
-        assert!(nearest_prototype(&big, 2, &c, k, d, LookupMetric::L2).is_ok());
+        assert_eq!(
+            nearest_prototype(&big, 2, &c, k, d, LookupMetric::L2).unwrap_err(),
+            too_large("queries", 0)
+        );
     }
 }

@@ -60,6 +60,8 @@ pub struct LabelTargets {
 /// A NaN in `emb` or in the prototype logits propagates to the rows it
 /// touches, as in the tensor formula.
 ///
+/// No labels (`L = 0`) give an empty part (and a semantic mean of 0).
+///
 /// # Errors
 /// [`Error`] on a shape mismatch, a count that is not a positive finite
 /// number, or a cluster id `≥ k`.
@@ -101,6 +103,13 @@ pub fn label_targets(
         }
     }
 
+    if l == 0 {
+        // no labels: an empty 0 × 0 part (and no pairs to average)
+        return Ok(LabelTargets {
+            part: Vec::new(),
+            semantic: want_semantic.then_some(0.0),
+        });
+    }
     let mut part = vec![0f32; l * l];
     if blend.hard != 0.0 {
         for (a, &c) in counts.iter().enumerate() {
@@ -362,6 +371,36 @@ mod tests {
         assert!(label_targets(&emb, 2, &[1.0, 1.0], &proto(&[0.0; 3], 1, &[0, 0]), false).is_err());
         assert!(label_targets(&emb, 2, &[1.0, 1.0], &proto(&[0.0; 2], 1, &[0, 1]), false).is_err());
         assert!(label_targets(&emb, 2, &[1.0, 1.0], &proto(&[0.0; 2], 1, &[0]), false).is_err());
+    }
+
+    #[test]
+    fn no_labels_give_an_empty_part() {
+        let logits: [f32; 0] = [];
+        let all = Blend {
+            hard: 0.2,
+            pairwise: 0.5,
+            inv_temperature: 2.0,
+            prototype: Some(PrototypeRows {
+                weight: 0.3,
+                logits: &logits,
+                k: 3,
+                clusters: &[],
+            }),
+        };
+        for blend in [all, Blend::default()] {
+            for want in [false, true] {
+                let got = label_targets(&[], 4, &[], &blend, want).unwrap();
+                assert!(got.part.is_empty());
+                assert_eq!(got.semantic, want.then_some(0.0));
+                let batch = batch_label_targets(&[], 4, &[], &[], &[], &blend, want)
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(batch, got);
+            }
+        }
+        // still an error: rows without labels, no columns
+        assert!(label_targets(&[1.0; 4], 4, &[], &all, false).is_err());
+        assert!(label_targets(&[], 0, &[], &all, false).is_err());
     }
 
     #[test]

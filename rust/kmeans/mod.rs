@@ -26,7 +26,7 @@ use std::borrow::Cow;
 use rayon::prelude::*;
 
 use crate::error::{check_finite, check_matrix, Error, Result};
-use crate::linalg::{checked_sq_norms, normalize_rows, row_sq_norms};
+use crate::linalg::{checked_sq_norms, normalize_rows};
 use crate::rng::Rng;
 
 use lloyd::lloyd;
@@ -121,6 +121,12 @@ fn kmeans_with(
     if params.n_init == 0 {
         return Err(Error::invalid("n_init", "must be at least 1"));
     }
+    if params.n_init > MAX_N_INIT {
+        return Err(Error::invalid(
+            "n_init",
+            format!("at most {MAX_N_INIT} restarts, got {}", params.n_init),
+        ));
+    }
     if !(params.tol.is_finite() && params.tol >= 0.0) {
         return Err(Error::invalid("tol", "must be a finite number ≥ 0"));
     }
@@ -130,7 +136,9 @@ fn kmeans_with(
         if let Some(row) = normalize_rows(&mut owned, d) {
             return Err(Error::invalid(
                 "x",
-                format!("row {row} has zero norm; spherical k-means needs non-zero rows"),
+                format!(
+                    "row {row} has zero norm (or one below 1.1e-19); spherical k-means needs non-zero rows"
+                ),
             ));
         }
         Cow::Owned(owned)
@@ -142,6 +150,9 @@ fn kmeans_with(
             check_matrix("init", c, k, d)?;
             check_finite("init", c, d)?;
             let mut c = c.clone();
+            if !params.spherical {
+                checked_sq_norms("init", &c, d)?;
+            }
             if params.spherical {
                 if let Some(row) = normalize_rows(&mut c, d) {
                     return Err(Error::invalid(
@@ -156,26 +167,28 @@ fn kmeans_with(
     };
 
     let x = &*x;
-    let x_norms = row_sq_norms(x, d);
+    // also rejects rows of norm ≥ 1e18, whose squares overflow f32 (after
+    // normalisation, in spherical mode, there are none)
+    let x_norms = checked_sq_norms("x", x, d)?;
     let tol = params.tol * mean_feature_variance(x, n, d);
     let mut rng = Rng::new(params.seed);
     let runs = if given.is_some() { 1 } else { params.n_init };
     // Bounds pay only when a step is long enough to amortise their
     // bookkeeping (same results either way).
     let bounded = n.saturating_mul(d).saturating_mul(k) >= BOUNDED_MIN_WORK;
-    // The seeds of every restart first, in order: they alone draw from `rng`,
-    // so the restarts' Lloyd runs are independent of each other.
-    let inits: Vec<Vec<f32>> = (0..runs)
-        .map(|_| match (&params.init, &given) {
+    // The seeds of the restarts are drawn in order, and they alone draw from
+    // `rng`, so the restarts' Lloyd runs are independent of each other.
+    let draw = |rng: &mut Rng| -> Result<Vec<f32>> {
+        Ok(match (&params.init, &given) {
             (_, Some(c)) => c.clone(),
-            (Init::Random, _) => random_init(x, n, d, k, &mut rng),
+            (Init::Random, _) => random_init(x, n, d, k, rng),
             _ => gather_rows(
                 x,
                 d,
-                &greedy_kmeanspp(x, &x_norms, n, d, k, params.n_local_trials, &mut rng, true),
+                &greedy_kmeanspp(x, &x_norms, n, d, k, params.n_local_trials, rng, true)?,
             ),
         })
-        .collect();
+    };
     let run = |init: Vec<f32>| {
         lloyd(
             x,
@@ -190,18 +203,43 @@ fn kmeans_with(
         )
     };
     // Small problems run their restarts side by side (a step is too short to
-    // split well); large ones one after the other, each step parallel, so that
-    // only one restart's buffers are alive at a time. Same results either way.
-    let runs: Vec<KMeansResult> = if side_by_side && runs > 1 {
-        inits.into_par_iter().map(run).collect()
+    // split well), RESTART_CHUNK at a time; large ones one after the other,
+    // each step parallel, so that only one restart's buffers are alive at a
+    // time. Same results either way: only the seeds draw from `rng`, in order.
+    let chunk = if side_by_side && runs > 1 {
+        RESTART_CHUNK
     } else {
-        inits.into_iter().map(run).collect()
+        1
     };
-    // the first restart of least inertia, as when they ran one by one
-    runs.into_iter()
-        .reduce(|best, r| if r.inertia < best.inertia { r } else { best })
-        .ok_or_else(|| Error::invalid("n_init", "must be at least 1"))
+    let mut best: Option<KMeansResult> = None;
+    let mut done = 0;
+    while done < runs {
+        let m = chunk.min(runs - done);
+        let inits = (0..m).map(|_| draw(&mut rng)).collect::<Result<Vec<_>>>()?;
+        let results: Vec<KMeansResult> = if m > 1 {
+            inits.into_par_iter().map(run).collect()
+        } else {
+            inits.into_iter().map(run).collect()
+        };
+        // the first restart of least inertia, as when they ran one by one
+        for r in results {
+            best = match best {
+                Some(b) if r.inertia < b.inertia => Some(r),
+                Some(b) => Some(b),
+                None => Some(r),
+            };
+        }
+        done += m;
+    }
+    best.ok_or_else(|| Error::invalid("n_init", "must be at least 1"))
 }
+
+/// Most restarts [`kmeans`] accepts: more is taken for a mistake (each
+/// restart is a whole k-means run).
+pub const MAX_N_INIT: usize = 1 << 20;
+
+/// Restarts run side by side at once (bounds the memory of many restarts).
+const RESTART_CHUNK: usize = 64;
 
 /// Whether [`kmeans`] runs its `runs` restarts in parallel: several, on a
 /// problem whose steps are too small to split (n·d·k below
@@ -257,16 +295,7 @@ pub fn kmeans_plusplus(
     check_points(x, n, d, k, n_local_trials)?;
     let x_norms = checked_sq_norms("x", x, d)?;
     let mut rng = Rng::new(seed);
-    Ok(greedy_kmeanspp(
-        x,
-        &x_norms,
-        n,
-        d,
-        k,
-        n_local_trials,
-        &mut rng,
-        true,
-    ))
+    greedy_kmeanspp(x, &x_norms, n, d, k, n_local_trials, &mut rng, true)
 }
 
 /// The rows `idx` of the n×d matrix `x`, in that order.
@@ -522,6 +551,128 @@ mod tests {
         p.n_local_trials = Some(0);
         let e = kmeans(&x, 3, 2, &p).unwrap_err();
         assert!(e.to_string().starts_with("n_local_trials:"), "{e}");
+    }
+
+    #[test]
+    fn absurd_restarts_and_trials_are_errors_or_capped() {
+        let (x, n) = blobs(20, 8);
+        for n_init in [MAX_N_INIT + 1, 1 << 40, 1 << 63, usize::MAX] {
+            let mut p = KMeansParams::new(2);
+            p.n_init = n_init;
+            let e = kmeans(&x, n, 2, &p).unwrap_err();
+            assert!(e.to_string().starts_with("n_init:"), "{e}");
+        }
+        // more candidates per centre than points: capped at n
+        let mut p = KMeansParams::new(2);
+        p.n_local_trials = Some(n);
+        let capped = kmeans(&x, n, 2, &p).unwrap();
+        for trials in [n + 1, 1_000_000_000, 1 << 62, usize::MAX] {
+            p.n_local_trials = Some(trials);
+            assert_eq!(kmeans(&x, n, 2, &p).unwrap(), capped);
+            let seeds = kmeans_plusplus(&x, n, 2, 3, 0, Some(trials)).unwrap();
+            assert_eq!(seeds, kmeans_plusplus(&x, n, 2, 3, 0, Some(n)).unwrap());
+        }
+    }
+
+    #[test]
+    fn huge_rows_are_rejected_and_large_ones_are_exact() {
+        // rows of ~1e19: squared norms overflow f32 (inertia 4e40, not 0)
+        let pts = [[1.0f32, 2.0], [3.0, -1.0], [0.5, 0.5]];
+        for scale in [1e17f32, 1e19] {
+            let x: Vec<f32> = pts.iter().flatten().map(|v| v * scale).collect();
+            let mut p = KMeansParams::new(3);
+            let r = kmeans(&x, 3, 2, &p);
+            let seeds = kmeans_plusplus(&x, 3, 2, 3, 0, None);
+            if scale < 1e18 {
+                assert_eq!(r.unwrap().inertia, 0.0);
+                assert!(seeds.is_ok());
+            } else {
+                assert_eq!(r.unwrap_err(), crate::error::too_large("x", 0));
+                assert_eq!(seeds.unwrap_err(), crate::error::too_large("x", 0));
+                // spherical k-means normalises them first: fine
+                p.spherical = true;
+                assert!(kmeans(&x, 3, 2, &p).is_ok());
+            }
+        }
+        let (x, n) = blobs(10, 9);
+        let mut p = KMeansParams::new(2);
+        p.init = Init::Given(vec![0.0, 0.0, 5e18, 0.0]);
+        assert_eq!(
+            kmeans(&x, n, 2, &p).unwrap_err(),
+            crate::error::too_large("init", 1)
+        );
+    }
+
+    #[test]
+    fn subnormal_rows_are_zero_for_spherical_kmeans() {
+        let x = [1.0f32, 0.0, 0.0, 1.0, 1e-40, -1e-40];
+        let mut p = KMeansParams::new(2);
+        p.spherical = true;
+        let e = kmeans(&x, 3, 2, &p).unwrap_err();
+        assert!(e.to_string().starts_with("x: row 2 has zero norm"), "{e}");
+        let y = [1.0f32, 0.0, 0.0, 1.0, 1e-18, -1e-18];
+        let r = kmeans(&y, 3, 2, &p).unwrap();
+        assert!(r.centroids.iter().all(|v| v.is_finite()), "{r:?}");
+        p.init = Init::Given(vec![1.0, 0.0, 1e-41, 0.0]);
+        let e = kmeans(&y, 3, 2, &p).unwrap_err();
+        assert!(
+            e.to_string().starts_with("init: row 1 has zero norm"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn random_arguments_give_an_error_or_a_consistent_result() {
+        let values = [0.0f32, 1.0, -2.5, 1e-40, 3e17, 2e19, f32::MAX, f32::NAN];
+        let sizes = [0usize, 1, 2, 3, 7, 1 << 40, usize::MAX];
+        for seed in 0..300u64 {
+            let mut r = Rng::new(seed);
+            let (n, d) = (r.below(6), 1 + r.below(3));
+            let x: Vec<f32> = (0..n * d)
+                .map(|_| {
+                    if r.below(8) == 0 {
+                        values[r.below(values.len())]
+                    } else {
+                        r.next_f64() as f32
+                    }
+                })
+                .collect();
+            let mut p = KMeansParams::new(sizes[r.below(5)]);
+            p.n_init = sizes[r.below(sizes.len())];
+            p.max_iter = sizes[r.below(5)];
+            p.tol = [0.0, 1e-4, -1.0, f64::NAN][r.below(4)];
+            p.spherical = r.below(2) == 0;
+            p.n_local_trials =
+                [None, Some(0), Some(1), Some(1 << 40), Some(usize::MAX)][r.below(5)];
+            p.init = match r.below(3) {
+                0 => Init::Random,
+                1 => Init::Given((0..p.k.min(8) * d).map(|i| i as f32).collect()),
+                _ => Init::KMeansPlusPlus,
+            };
+            if let Ok(res) = kmeans(&x, n, d, &p) {
+                assert_eq!(res.labels.len(), n, "seed {seed}");
+                assert_eq!(res.centroids.len(), p.k * d, "seed {seed}");
+                assert!(res.labels.iter().all(|&l| (l as usize) < p.k));
+                assert!(res.inertia.is_finite() && res.inertia >= 0.0, "seed {seed}");
+            }
+            if let Ok(idx) = kmeans_plusplus(&x, n, d, p.k, seed, p.n_local_trials) {
+                assert_eq!(idx.len(), p.k);
+                assert!(idx.iter().all(|&i| i < n));
+            }
+        }
+    }
+
+    #[test]
+    fn many_restarts_in_chunks_give_the_sequential_result() {
+        let mut rng = Rng::new(12);
+        let (n, d) = (40, 2);
+        let x: Vec<f32> = (0..n * d).map(|_| rng.next_f64() as f32).collect();
+        let mut p = KMeansParams::new(5);
+        p.n_init = 2 * RESTART_CHUNK + 3;
+        p.seed = 4;
+        let seq = in_pool(2, || kmeans_with(&x, n, d, &p, false).unwrap());
+        let par = in_pool(2, || kmeans_with(&x, n, d, &p, true).unwrap());
+        assert_eq!(seq, par);
     }
 
     #[test]

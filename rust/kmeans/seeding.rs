@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use crate::error::{Error, Result};
 use crate::linalg::{nearest, Metric, ROW_BLOCK};
 use crate::rng::Rng;
 
@@ -59,6 +60,9 @@ fn sample_index(weights: &[f32], sums: &[f64], r: f64) -> usize {
 /// that the triangle inequality proves unaffected by every candidate are
 /// skipped (`prune`); this never changes the result (see
 /// [`block_prunable`]).
+///
+/// More candidates per centre than points are capped at `n`; an error when
+/// the `n × candidates` distances cannot be allocated.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn greedy_kmeanspp(
     x: &[f32],
@@ -69,8 +73,16 @@ pub(super) fn greedy_kmeanspp(
     n_local_trials: Option<usize>,
     rng: &mut Rng,
     prune: bool,
-) -> Vec<usize> {
-    seed_and_count(x, x_norms, n, d, k, n_local_trials, rng, prune).0
+) -> Result<Vec<usize>> {
+    Ok(seed_and_count(x, x_norms, n, d, k, n_local_trials, rng, prune)?.0)
+}
+
+/// Candidates drawn per centre: `n_local_trials` (default 2 + ⌊ln k⌋, never
+/// more than `k ≤ n` for `k ≥ 2`), at most `n`.
+pub(super) fn local_trials(n: usize, k: usize, n_local_trials: Option<usize>) -> usize {
+    n_local_trials
+        .unwrap_or(2 + (k as f64).ln().floor() as usize)
+        .min(n.max(1))
 }
 
 /// [`greedy_kmeanspp`], and how many blocks pruning skipped in all.
@@ -84,9 +96,9 @@ fn seed_and_count(
     n_local_trials: Option<usize>,
     rng: &mut Rng,
     prune: bool,
-) -> (Vec<usize>, usize) {
-    let trials = n_local_trials.unwrap_or(2 + (k as f64).ln().floor() as usize);
-    let mut s = Seeding::start(x, x_norms, n, d, k, trials, prune, rng);
+) -> Result<(Vec<usize>, usize)> {
+    let trials = local_trials(n, k, n_local_trials);
+    let mut s = Seeding::start(x, x_norms, n, d, k, trials, prune, rng)?;
     let mut skipped = 0;
     for _ in 1..k {
         s.draw_candidates(rng);
@@ -97,7 +109,23 @@ fn seed_and_count(
         skipped += skipped_now;
         s.add_center(best);
     }
-    (s.chosen, skipped)
+    Ok((s.chosen, skipped))
+}
+
+/// `len` zeros, or an error naming `n_local_trials` when they cannot be
+/// allocated.
+fn zeros<T: Clone + Default>(len: Option<usize>) -> Result<Vec<T>> {
+    let fail = || {
+        Error::invalid(
+            "n_local_trials",
+            "too many candidates per centre: their distances to every point cannot be allocated",
+        )
+    };
+    let len = len.ok_or_else(fail)?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| fail())?;
+    v.resize(len, T::default());
+    Ok(v)
 }
 
 /// The state of greedy k-means++ between two centres.
@@ -142,7 +170,10 @@ impl<'a> Seeding<'a> {
         trials: usize,
         prune: bool,
         rng: &mut Rng,
-    ) -> Self {
+    ) -> Result<Self> {
+        // the buffers sized by the caller's `n_local_trials`, first
+        let dist = zeros(n.checked_mul(trials))?;
+        let cand = zeros(trials.checked_mul(d))?;
         let first = rng.below(n);
         let mut centers = Vec::with_capacity(k * d);
         centers.extend_from_slice(&x[first * d..(first + 1) * d]);
@@ -165,7 +196,7 @@ impl<'a> Seeding<'a> {
         closest[first] = 0.0;
         let sums = block_sums(&closest);
         let n_blocks = sums.len();
-        Seeding {
+        Ok(Seeding {
             x,
             x_norms,
             d,
@@ -177,14 +208,14 @@ impl<'a> Seeding<'a> {
             closest,
             assign,
             sums,
-            cand: vec![0f32; trials * d],
+            cand,
             cand_norms: vec![0f32; trials],
             cand_idx: vec![0usize; trials],
             cc: Vec::new(),
-            dist: vec![0f32; n * trials],
+            dist,
             has_cand: vec![false; n_blocks],
             computed: vec![true; n_blocks],
-        }
+        })
     }
 
     /// Draws this step's candidates, each with probability proportional to
@@ -340,13 +371,13 @@ mod tests {
             let n = x.len() / d;
             let norms = row_sq_norms(&x, d);
             let (a, skipped) = in_pool(2, || {
-                seed_and_count(&x, &norms, n, d, k, None, &mut Rng::new(5), true)
+                seed_and_count(&x, &norms, n, d, k, None, &mut Rng::new(5), true).unwrap()
             });
             let b = in_pool(1, || {
-                greedy_kmeanspp(&x, &norms, n, d, k, None, &mut Rng::new(5), false)
+                greedy_kmeanspp(&x, &norms, n, d, k, None, &mut Rng::new(5), false).unwrap()
             });
             let c = in_pool(3, || {
-                greedy_kmeanspp(&x, &norms, n, d, k, None, &mut Rng::new(5), true)
+                greedy_kmeanspp(&x, &norms, n, d, k, None, &mut Rng::new(5), true).unwrap()
             });
             assert_eq!(a, b, "sorted={sorted} noise={noise}");
             assert_eq!(a, c);

@@ -106,7 +106,7 @@ impl ClusterSums {
     }
 
     /// The centroids: each cluster's mean (unit-normalised when
-    /// `spherical`; a zero mean keeps the old centroid). Empty clusters take
+    /// `spherical`; a zero (or subnormal) mean keeps the old centroid). Empty clusters take
     /// the points farthest from their centroid (`dists`), farthest first,
     /// ties by index.
     pub(super) fn centroids(
@@ -133,7 +133,9 @@ impl ClusterSums {
                 *o = m as f32;
             }
             if spherical {
-                if norm > 0.0 {
+                // a mean so short that its inverse norm overflows f32
+                // counts as zero, as in `normalize_rows`
+                if norm >= crate::error::MIN_SQ_NORM {
                     let s = (1.0 / norm.sqrt()) as f32;
                     row.iter_mut().for_each(|v| *v *= s);
                 } else {
