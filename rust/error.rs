@@ -75,7 +75,7 @@ pub fn check_finite(arg: &'static str, data: &[f32], cols: usize) -> Result<()> 
 }
 
 /// Checks that a row-major buffer holds `rows × cols` values.
-pub fn check_matrix(arg: &'static str, data: &[f32], rows: usize, cols: usize) -> Result<()> {
+pub fn check_matrix<T>(arg: &'static str, data: &[T], rows: usize, cols: usize) -> Result<()> {
     if rows.checked_mul(cols) != Some(data.len()) {
         return Err(Error::shape(
             arg,

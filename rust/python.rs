@@ -495,7 +495,9 @@ impl PyLabelStore {
         d.set_item("labels", st.labels)?;
         let counts: Vec<i64> = st.counts.iter().map(|&c| c as i64).collect();
         d.set_item("counts", counts.into_pyarray(py))?;
-        d.set_item("data", to_matrix(py, st.data, rows, st.dim.unwrap_or(0)))?;
+        let data = Array2::from_shape_vec((rows, st.dim.unwrap_or(0)), st.data)
+            .expect("to_state gives rows × dim values");
+        d.set_item("data", data.into_pyarray(py))?;
         let wr: Vec<i64> = st.window_rows.iter().map(|&r| r as i64).collect();
         d.set_item("window_rows", wr.into_pyarray(py))?;
         Ok(d)
@@ -510,7 +512,7 @@ impl PyLabelStore {
         dim: Option<usize>,
         labels: Vec<String>,
         counts: PyReadonlyArray1<'_, i64>,
-        data: PyReadonlyArray2<'_, f32>,
+        data: PyReadonlyArray2<'_, f64>,
         window_rows: PyReadonlyArray1<'_, i64>,
     ) -> PyResult<()> {
         let nonneg = |arg: &'static str, v: &[i64]| -> PyResult<Vec<u64>> {
@@ -526,13 +528,13 @@ impl PyLabelStore {
             .into_iter()
             .map(|r| r as usize)
             .collect();
-        let (data, _, _) = matrix(&data);
+        let data = data.as_array().iter().copied().collect();
         let state = StoreState {
             max_samples_per_label,
             dim,
             labels,
             counts,
-            data: data.into_owned(),
+            data,
             window_rows,
         };
         let store = py.detach(|| LabelStore::from_state(state))?;

@@ -56,10 +56,10 @@ pub struct StoreState {
     pub labels: Vec<String>,
     /// Samples seen per label.
     pub counts: Vec<u64>,
-    /// Mean mode: the L×dim sums (kept in f64 by the store, rounded to f32
-    /// here). Window mode: every label's window rows, oldest first, labels in
-    /// id order.
-    pub data: Vec<f32>,
+    /// Mean mode: the L×dim sums, in f64 as the store keeps them (a state
+    /// round-trips exactly). Window mode: every label's window rows, oldest
+    /// first, labels in id order (f32 samples, widened).
+    pub data: Vec<f64>,
     /// Window mode: rows held per label (empty in mean mode).
     pub window_rows: Vec<usize>,
 }
@@ -576,11 +576,7 @@ impl LabelStore {
                 let mut data = Vec::with_capacity(self.len() * d);
                 for id in 0..self.len() {
                     let off = (id % SUM_BLOCK) * d;
-                    data.extend(
-                        blocks[id / SUM_BLOCK][off..off + d]
-                            .iter()
-                            .map(|&v| v as f32),
-                    );
+                    data.extend_from_slice(&blocks[id / SUM_BLOCK][off..off + d]);
                 }
                 (data, Vec::new())
             }
@@ -590,8 +586,8 @@ impl LabelStore {
                 for w in windows {
                     // Oldest first: the ring from `head` on, then before it.
                     let split = w.head * d;
-                    data.extend_from_slice(&w.buf[split..]);
-                    data.extend_from_slice(&w.buf[..split]);
+                    data.extend(w.buf[split..].iter().map(|&v| f64::from(v)));
+                    data.extend(w.buf[..split].iter().map(|&v| f64::from(v)));
                     rows.push(w.buf.len().checked_div(d).unwrap_or(0));
                 }
                 (data, rows)
@@ -638,7 +634,18 @@ impl LabelStore {
         if let Some(d) = state.dim {
             store.check_dim_size("state.dim", d)?;
         }
-        check_finite("state", &state.data, d.max(1))?;
+        // window rows are f32 samples: a value past f32's range is not finite there
+        let window = state.max_samples_per_label.is_some();
+        if let Some(pos) = state
+            .data
+            .iter()
+            .position(|&v| !v.is_finite() || (window && !(v as f32).is_finite()))
+        {
+            return Err(Error::NonFinite {
+                arg: "state",
+                row: pos / d.max(1),
+            });
+        }
         match state.max_samples_per_label {
             None => {
                 if !state.window_rows.is_empty() {
@@ -688,9 +695,7 @@ impl LabelStore {
                     for (id, src) in rows.enumerate() {
                         let off = (id % SUM_BLOCK) * d;
                         let dst = &mut blocks[id / SUM_BLOCK][off..off + d];
-                        for (o, &v) in dst.iter_mut().zip(src) {
-                            *o = f64::from(v);
-                        }
+                        dst.copy_from_slice(src);
                     }
                 }
                 Stats::Window { windows, .. } => {
@@ -699,7 +704,7 @@ impl LabelStore {
                         // and check_matrix that the data holds them
                         let mut buf = Vec::with_capacity(r * d);
                         for row in rows.by_ref().take(r) {
-                            buf.extend_from_slice(row);
+                            buf.extend(row.iter().map(|&v| v as f32));
                         }
                         w.buf = buf;
                     }
@@ -1057,7 +1062,7 @@ mod tests {
                     .map(|_| [0u64, 1, 2, 3, u64::MAX][r.below(5)])
                     .collect(),
                 data: (0..r.below(7))
-                    .map(|_| [0.5f32, f32::NAN, 1e30][r.below(3)])
+                    .map(|_| [0.5f64, f64::NAN, 1e30, 1e300][r.below(4)])
                     .collect(),
                 window_rows: (0..r.below(4))
                     .map(|_| sizes[r.below(sizes.len())])

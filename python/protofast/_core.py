@@ -609,7 +609,13 @@ class LabelStore:
             ``counts``, ``data`` and ``window_rows``.
         """
         with self._lock:
-            return self._inner.state()
+            state = self._inner.state()
+        # empty arrays from the core may share one dangling address, which torch.save
+        # refuses across dtypes: give each its own buffer
+        for key, value in state.items():
+            if isinstance(value, np.ndarray) and value.size == 0:
+                state[key] = value.copy()
+        return state
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> LabelStore:
@@ -628,7 +634,7 @@ class LabelStore:
         store = cls(state["max_samples_per_label"])
         dim = state["dim"]
         dim = None if dim is None else _int("state.dim", dim, 0)
-        data = as_matrix(_to_numpy(state["data"]), "state.data")
+        data = _state_data(state["data"])
         store._inner.load_state(
             store.max_samples_per_label,
             dim,
@@ -644,6 +650,17 @@ class LabelStore:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._adopt(LabelStore.from_state(state)._inner)
+
+
+def _state_data(value: Any) -> np.ndarray:
+    """A state's ``data`` as a C-contiguous float64 matrix (states written before the store
+    kept float64 sums hold float32: widened exactly)."""
+    arr = _to_numpy(value)
+    if arr.dtype.kind not in "fiu" or arr.ndim != 2:
+        raise TypeError(
+            f"state.data: expected a 2-D array of real numbers, got {arr.dtype} {arr.shape}"
+        )
+    return np.ascontiguousarray(arr, dtype=np.float64)
 
 
 def _to_numpy(x: Any) -> np.ndarray:

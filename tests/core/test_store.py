@@ -165,10 +165,11 @@ def test_add_sums_equals_add() -> None:
 def test_accepts_torch_embeddings_and_reports_memory() -> None:
     store = LabelStore()
     store.add(["a", "b"], torch.randn(2, 384, dtype=torch.float16))
-    assert store.nbytes > 2 * 384 * 4
+    assert store.nbytes > 2 * 384 * 8
     labels = [f"label {i}" for i in range(1000)]
     store.add(labels, np.zeros((1000, 384), np.float32))
-    assert store.nbytes / len(store) <= 384 * 4 + 128
+    # a float64 sum row per label (the running mean stays precise over 1e7 additions)
+    assert store.nbytes / len(store) <= 384 * 8 + 128
     with pytest.raises(ProtofastError):
         LabelStore(0)
 
