@@ -3,6 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 PYTHON ?= python3
+FUZZ_EXAMPLES ?= 5000
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
@@ -18,7 +19,7 @@ BENCH_REQS := "faiss-cpu>=1.8" "threadpoolctl>=3"
 # bench commands run without them (each bench prints the kernel every BLAS runs).
 BENCH_PY := env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY)
 
-.PHONY: help venv develop test test-rust test-python wheel wheel-check bench bench-full lint stubtest train ablation clean
+.PHONY: help venv develop test test-rust test-python wheel wheel-check bench bench-full lint stubtest fuzz train ablation clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -36,6 +37,10 @@ develop: venv ## Build the extension (release) into .venv
 
 test-rust: ## cargo test of the Rust core (no Python needed)
 	cargo test --release
+
+fuzz: develop ## Bounded fuzzing: random core arguments through Python (FUZZ_EXAMPLES each) and the Rust randomised tests
+	cargo test --release -- --include-ignored random_ running_mean
+	PROTOFAST_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q tests/core/test_fuzz.py
 
 test-python: develop ## pytest of the Python package
 	$(PY) -m pytest -q
