@@ -45,6 +45,8 @@ def check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -
 
 
 def _real(name: str, value: Any, what: str) -> float:
+    if type(value) is float:  # the common case, without the abstract-class check
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
     return float(value)

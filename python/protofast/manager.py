@@ -15,7 +15,6 @@ What goes beyond the note is keyword-only and off by default or documented.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
@@ -710,9 +709,10 @@ class PrototypeManager:
             one_hot = None
             if self.unseen == "one_hot" and unseen.any():
                 one_hot = _to_device(unseen, device)
-        with contextlib.nullcontext() if keep_graph else torch.no_grad():
-            rows = source if keep_graph else emb
-            logits = scaled @ rows.to(dtype).T  # (k, n): k distinct rows
+            if not keep_graph:
+                logits = scaled @ emb.to(dtype).T  # (k, n): k distinct rows
+        if keep_graph:
+            logits = scaled @ source.to(dtype).T
         return PrototypeLogits(logits, clusters, one_hot)
 
     @_locked
