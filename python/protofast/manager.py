@@ -71,7 +71,7 @@ class _LoadMethod:
     def __init__(self, on_class: Callable[..., Any], on_instance: Callable[..., Any]) -> None:
         self.on_class = on_class
         self.on_instance = on_instance
-        functools.update_wrapper(self, on_class)
+        self.__doc__ = on_class.__doc__
 
     def __get__(self, obj: Any, owner: type) -> Callable[..., Any]:
         if obj is None:
@@ -1084,8 +1084,10 @@ class PrototypeManager:
         self.load_state_dict(_read_checkpoint(path))
         return self
 
-    def _load_new(
-        cls, path: str | os.PathLike[str], device: str | torch.device | None = None
+    def _load_new(  # type: ignore[misc]  # reached through _LoadMethod: cls is the class
+        cls: type[PrototypeManager],
+        path: str | os.PathLike[str],
+        device: str | torch.device | None = None,
     ) -> PrototypeManager:
         """Loads a manager saved with :meth:`save` (or by the note's ``save()``).
 

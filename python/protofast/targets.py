@@ -542,7 +542,7 @@ def build_targets(
     with contextlib.nullcontext() if graph else torch.no_grad():
         if not graph:
             text = text.detach()
-        batch = _grouping(spec, text.detach(), label_texts, manager, frozen)
+        batch = _grouping(spec, text if not graph else text.detach(), label_texts, manager, frozen)
         factored_fn = getattr(manager, "prototype_logits", None) if spec.use_prototypes else None
         if not callable(factored_fn):
             factored_fn = None
@@ -711,8 +711,9 @@ class _Builder:
     # ---------------------------------------------------------------- the core
 
     def label_core(self, want_semantic: bool) -> FactoredTargets | None:
-        """``LABEL_CORE``: the row check and the whole ``L x L`` blend in one core call;
-        ``None`` when the rows do not match (the caller then builds per sample)."""
+        """``LABEL_CORE``: the row check and the whole ``L x L`` blend in one core call (with
+        prototypes, the row check first, then the manager's logits, then the blend); ``None``
+        when the rows do not match (the caller then builds per sample)."""
         spec, batch = self.spec, self.batch
         assert batch is not None and self.counts is not None
         targets = self.new(Plan.LABEL_CORE)
@@ -724,10 +725,18 @@ class _Builder:
         if self.label_emb is not None:  # frozen embeddings: nothing to check
             emb, first, inverse = self.label_emb.contiguous().numpy(), None, None
             label_emb = self.label_emb
-        else:
+        elif spec.use_prototypes:
+            # the manager's logits come before the core call: check the rows first, so that a
+            # batch whose rows differ costs no per-label work
+            if not _rows_match(self.text, batch):
+                return None
+            rows = self.text.numpy()
+            emb, first, inverse = np.ascontiguousarray(rows[batch.first]), None, None
+            label_emb = torch.from_numpy(emb)
+        else:  # the row check and the blend in one call
             emb = np.ascontiguousarray(self.text.numpy())
             first, inverse = batch.first, batch.inverse
-            label_emb = torch.from_numpy(emb[first])
+            label_emb = None
         logits = clusters = None
         if spec.use_prototypes:
             factored = self.factored_fn(batch.labels, label_emb, temperature=spec.temperature)

@@ -1045,3 +1045,20 @@ def test_targets_keep_their_graph_when_asked_as_the_notes_code(mode_name: str) -
         assert plan is (Plan.LABEL if detach else Plan.SAMPLE)
     # the two settings differ in the text gradient only through the targets
     assert not torch.allclose(reference(False)[2], reference(True)[2])
+
+
+def test_rows_that_differ_take_the_per_sample_plan_with_prototypes_too() -> None:
+    """With prototypes the per-label core plan checks the rows before asking the manager; a
+    batch whose same-label rows differ is built per sample, equal to the forced SAMPLE plan."""
+    manager = _clustered_manager("nearest", 6)
+    gen = torch.Generator().manual_seed(4)
+    labels = [ACTIVITIES[i] for i in [0, 1, 0, 2, 1, 0, 3, 0, 1, 2, 0, 1]]
+    per_label = {label: _normalized(gen, 6) for label in ACTIVITIES}
+    text = torch.stack([per_label[label] for label in labels]).float()
+    loss_fn = InfoNCELoss(use_prototypes=True, prototype_manager=manager)
+    assert loss_fn.get_targets(text, labels).plan is Plan.LABEL_CORE
+    noisy = text + 1e-4 * torch.randn(text.shape, generator=gen)
+    got = loss_fn.get_targets(noisy, labels)
+    assert got.plan is Plan.SAMPLE
+    forced = loss_fn.get_targets(noisy, labels, plan=Plan.SAMPLE)
+    torch.testing.assert_close(got.dense(), forced.dense(), rtol=0, atol=0)
