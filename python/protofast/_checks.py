@@ -21,6 +21,7 @@ __all__ = [
     "check_int",
     "check_labels",
     "check_nonnegative",
+    "check_pair",
     "check_positive",
     "check_weight",
 ]
@@ -97,6 +98,20 @@ def check_embeddings(name: str, value: Any, rows: int | None = None) -> Tensor:
             f"{name} must have one row per label: expected {rows} rows, got {value.shape[0]}"
         )
     return value
+
+
+def check_pair(imu: Tensor, text: Tensor) -> None:
+    """``imu_embeddings`` and ``text_embeddings`` (checked 2-D tensors) have the same shape and
+    device."""
+    if imu.shape != text.shape:
+        raise ValueError(
+            f"imu_embeddings and text_embeddings must have the same shape, "
+            f"got {tuple(imu.shape)} and {tuple(text.shape)}"
+        )
+    if imu.device != text.device:
+        raise ValueError(
+            f"imu_embeddings is on {imu.device} but text_embeddings is on {text.device}"
+        )
 
 
 def check_labels(name: str, value: Any) -> list[str]:

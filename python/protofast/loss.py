@@ -20,7 +20,14 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_bool, check_choice, check_embeddings, check_positive, check_weight
+from ._checks import (
+    check_bool,
+    check_choice,
+    check_embeddings,
+    check_pair,
+    check_positive,
+    check_weight,
+)
 from .targets import FactoredTargets, FrozenLabels, HardTargets, Plan, TargetSpec, build_targets
 
 __all__ = ["InfoNCELoss", "Logits", "SemanticAlignmentLoss"]
@@ -344,18 +351,10 @@ class InfoNCELoss(nn.Module):
     ) -> None:
         imu = check_embeddings("imu_embeddings", imu)
         text = check_embeddings("text_embeddings", text)
-        if imu.shape != text.shape:
-            raise ValueError(
-                f"imu_embeddings and text_embeddings must have the same shape, "
-                f"got {tuple(imu.shape)} and {tuple(text.shape)}"
-            )
+        check_pair(imu, text)
         batch, dim = imu.shape
         if batch < 1 or dim < 1:
             raise ValueError(f"embeddings must be non-empty, got shape {tuple(imu.shape)}")
-        if imu.device != text.device:
-            raise ValueError(
-                f"imu_embeddings is on {imu.device} but text_embeddings is on {text.device}"
-            )
         for name, queue in (("imu_queue", imu_queue), ("text_queue", text_queue)):
             if queue is None:
                 continue

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._checks import check_embeddings, check_int
+from ._checks import check_embeddings, check_int, check_pair
 
 __all__ = ["compute_retrieval_metrics"]
 
@@ -65,13 +65,7 @@ def compute_retrieval_metrics(
     """
     imu = _as_matrix("imu_embeddings", imu_embeddings)
     text = _as_matrix("text_embeddings", text_embeddings)
-    if imu.shape != text.shape:
-        raise ValueError(
-            f"imu_embeddings and text_embeddings must have the same shape, "
-            f"got {tuple(imu.shape)} and {tuple(text.shape)}"
-        )
-    if imu.device != text.device:
-        raise ValueError(f"imu_embeddings is on {imu.device} but text_embeddings on {text.device}")
+    check_pair(imu, text)
     ks = list(k_values)
     if not ks:
         raise ValueError("k_values must contain at least one k")
