@@ -453,9 +453,8 @@ def _choose_plan(
     frozen: FrozenLabels | None,
     factored_manager: bool,
 ) -> Plan:
-    """The plan before the row check (which may still turn a per-label plan into SAMPLE)."""
-    if not spec.soft and spec.hard == "identity":
-        return Plan.IDENTITY
+    """The plan before the row check (which may still turn a per-label plan into SAMPLE);
+    identity targets never get here (``build_targets`` returns them first)."""
     if batch is None or not spec.soft:
         return Plan.SAMPLE
     distinct, size = len(batch.labels), text.shape[0]
@@ -480,13 +479,16 @@ def _choose_plan(
     return Plan.LABEL
 
 
-def _rows_match(text: Tensor, batch: BatchLabels) -> bool:
-    """Whether every sample's text embedding equals that of its label's first sample."""
-    rows = text.numpy()  # float32 / float64 on the CPU here
+def _label_rows(text: Tensor, batch: BatchLabels) -> Tensor | None:
+    """The text embedding of each distinct label (its first sample's row), when every sample's
+    row equals its label's and ``text`` is on the CPU; ``None`` otherwise."""
+    if text.device.type != "cpu":
+        return None  # the check would synchronise
+    rows = text.numpy()  # float32 / float64 here
     same = rows_match_raw(rows, batch.first, batch.inverse)
     if same is None:  # not C-contiguous
         same = bool(np.array_equal(rows[batch.first[batch.inverse]], rows))
-    return same
+    return torch.from_numpy(rows[batch.first]) if same else None
 
 
 # ---------------------------------------------------------------------------- building
@@ -542,14 +544,14 @@ def build_targets(
     with contextlib.nullcontext() if graph else torch.no_grad():
         if not graph:
             text = text.detach()
-        batch = _grouping(spec, text if not graph else text.detach(), label_texts, manager, frozen)
+        batch = _grouping(spec, text, label_texts, manager, frozen)
         factored_fn = getattr(manager, "prototype_logits", None) if spec.use_prototypes else None
         if not callable(factored_fn):
             factored_fn = None
         elif graph:
             factored_fn = functools.partial(factored_fn, keep_graph=True)
         chosen = _choose_plan(spec, text, batch, frozen, factored_fn is not None)
-        if plan is not None and plan is not Plan.IDENTITY and chosen is not Plan.IDENTITY:
+        if plan is not None and plan is not Plan.IDENTITY:
             if plan is Plan.SAMPLE or chosen is not Plan.SAMPLE:
                 chosen = plan
         if graph and chosen in (Plan.LABEL, Plan.LABEL_CORE):
@@ -600,10 +602,6 @@ class _Builder:
         )
 
     def build(self, plan: Plan, want_semantic: bool) -> FactoredTargets:
-        if plan is Plan.IDENTITY:
-            targets = self.new(plan)
-            targets.add_diagonal(1.0, 1.0)
-            return targets
         if plan is Plan.LABEL_CORE:
             built = self.label_core(want_semantic)
             if built is not None:
@@ -611,9 +609,8 @@ class _Builder:
             plan = Plan.SAMPLE  # two samples of one label have different embeddings
         if plan is Plan.LABEL and self.label_emb is None:
             assert self.batch is not None
-            if self.text.device.type == "cpu" and _rows_match(self.text, self.batch):
-                self.label_emb = torch.from_numpy(self.text.numpy()[self.batch.first])
-            else:
+            self.label_emb = _label_rows(self.text, self.batch)
+            if self.label_emb is None:
                 plan = Plan.SAMPLE
         return self.tensors(plan, want_semantic)
 
@@ -722,21 +719,19 @@ class _Builder:
         if hard == 0.0:
             targets.add_diagonal(w_hard, w_hard)
         mass = hard + w_pair
-        if self.label_emb is not None:  # frozen embeddings: nothing to check
-            emb, first, inverse = self.label_emb.contiguous().numpy(), None, None
-            label_emb = self.label_emb
+        label_emb: Tensor | None = self.label_emb
+        if label_emb is not None:  # frozen embeddings: nothing to check
+            emb, first, inverse = label_emb.contiguous().numpy(), None, None
         elif spec.use_prototypes:
             # the manager's logits come before the core call: check the rows first, so that a
             # batch whose rows differ costs no per-label work
-            if not _rows_match(self.text, batch):
+            label_emb = _label_rows(self.text, batch)
+            if label_emb is None:
                 return None
-            rows = self.text.numpy()
-            emb, first, inverse = np.ascontiguousarray(rows[batch.first]), None, None
-            label_emb = torch.from_numpy(emb)
+            emb, first, inverse = label_emb.numpy(), None, None
         else:  # the row check and the blend in one call
             emb = np.ascontiguousarray(self.text.numpy())
             first, inverse = batch.first, batch.inverse
-            label_emb = None
         logits = clusters = None
         if spec.use_prototypes:
             factored = self.factored_fn(batch.labels, label_emb, temperature=spec.temperature)
