@@ -1157,12 +1157,7 @@ def _state_ids(name: str, value: Any, low: int, high: int | None) -> np.ndarray:
 
 def _state_matrix(name: str, value: Any, rows: int | None = None, dim: int | None = None) -> Tensor:
     """A finite 2-D floating tensor (``rows`` x ``dim`` where given)."""
-    if not isinstance(value, Tensor):
-        raise TypeError(f"state.{name} must be a tensor, got {type(value).__name__}")
-    if not value.dtype.is_floating_point:
-        raise TypeError(f"state.{name} must have a floating dtype, got {value.dtype}")
-    if value.dim() != 2:
-        raise ValueError(f"state.{name} must be 2-D, got shape {tuple(value.shape)}")
+    check_embeddings(f"state.{name}", value)
     if rows is not None and value.shape[0] != rows:
         raise ValueError(f"state.{name} must have {rows} rows, got {value.shape[0]}")
     if dim is not None and value.shape[1] != dim:
