@@ -152,7 +152,6 @@ def test_store_never_panics_and_refusals_change_nothing(window: Any, ops: list[A
             elif op == "intern":
                 store.intern(labels)
             elif op == "lookup":
-                assert _snapshot(store) == before or True
                 store.lookup(labels)
             elif op == "add_sums":
                 store.add_sums(ints, emb, ints[::-1])
