@@ -932,8 +932,8 @@ class PrototypeManager:
         labels = fresh.store.labels()
         dim = fresh.store.dim
         counters = state["counters"]
-        initialized = _state_bool("counters.is_initialized", counters["is_initialized"])
-        warned = _state_bool("counters.warned_not_ready", counters["warned_not_ready"])
+        initialized = check_bool("state.counters.is_initialized", counters["is_initialized"])
+        warned = check_bool("state.counters.warned_not_ready", counters["warned_not_ready"])
         cluster_of_id = _state_ids("cluster_of_id", state["cluster_of_id"], -1, k)
         if len(cluster_of_id) > len(labels):
             raise ValueError("state: more cluster assignments than labels")
@@ -957,9 +957,9 @@ class PrototypeManager:
                     f"{len(labels)} labels"
                 )
             pending = {"sum": sums, "count": torch.from_numpy(counts)}
-        num_batches = _state_count("counters.num_batches", counters["num_batches"])
-        num_updates = _state_count("counters.num_updates", counters["num_updates"])
-        num_seen = _state_count("counters.num_labels_seen", counters["num_labels_seen"])
+        num_batches = check_int("state.counters.num_batches", counters["num_batches"], 0)
+        num_updates = check_int("state.counters.num_updates", counters["num_updates"], 0)
+        num_seen = check_int("state.counters.num_labels_seen", counters["num_labels_seen"], 0)
         device = self._target_device()
         if protos is not None:
             fresh.prototypes = protos.to(device)
@@ -989,8 +989,8 @@ class PrototypeManager:
         config["num_clusters"] = check_int("state.num_clusters", state["num_clusters"], 1)
         fresh = PrototypeManager(device=self.device, **config)
         k = fresh.num_clusters
-        initialized = _state_bool("state.is_initialized", state["is_initialized"])
-        num_updates = _state_count("state.num_updates", state["num_updates"])
+        initialized = check_bool("state.is_initialized", state["is_initialized"])
+        num_updates = check_int("state.num_updates", state["num_updates"], 0)
         protos = state["prototypes"]
         if protos is not None:
             protos = _state_matrix("prototypes", protos, rows=k)
@@ -1124,20 +1124,6 @@ def _read_checkpoint(path: str | os.PathLike[str]) -> Any:
         raise ValueError(
             f"{os.fspath(path)!r} is not a readable prototype manager checkpoint: {error}"
         ) from error
-
-
-def _state_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"state.{name} must be a bool, got {type(value).__name__}")
-    return value
-
-
-def _state_count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"state.{name} must be an int, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"state.{name} must be >= 0, got {value}")
-    return int(value)
 
 
 def _state_ids(name: str, value: Any, low: int, high: int | None) -> np.ndarray:
