@@ -1,5 +1,6 @@
 //! protofast's core: a label-embedding store, a deterministic parallel
-//! k-means and a nearest-prototype lookup, in plain Rust.
+//! k-means, a nearest-prototype lookup, and stable label hashes, in
+//! plain Rust.
 //!
 //! Nothing here touches Python; the bindings live in `python` (behind the
 //! `python` feature, which maturin enables) and only convert inputs, release
@@ -9,6 +10,7 @@ mod cpu;
 pub mod error;
 mod kernels;
 pub mod kmeans;
+pub mod label_hash;
 pub mod labels;
 pub mod linalg;
 pub mod lookup;
@@ -23,5 +25,6 @@ mod python;
 
 pub use error::{Error, Result};
 pub use kmeans::{kmeans, kmeans_plusplus, Init, KMeansParams, KMeansResult};
+pub use label_hash::{label_hash, label_hashes};
 pub use lookup::{nearest_prototype, LookupMetric};
 pub use store::{LabelStore, StoreState};

@@ -7,10 +7,10 @@ use numpy::{
     PyUntypedArrayMethods,
 };
 use pyo3::create_exception;
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use std::borrow::Cow;
 use std::sync::{Mutex, MutexGuard};
 
@@ -19,7 +19,7 @@ use crate::kmeans::{Init, KMeansParams};
 use crate::lookup::LookupMetric;
 use crate::store::{LabelStore, StoreState};
 use crate::targets::{self, Blend, PrototypeRows};
-use crate::{kmeans, kmeans_plusplus, labels, nearest_prototype, parallel};
+use crate::{kmeans, kmeans_plusplus, label_hash, labels, nearest_prototype, parallel};
 
 create_exception!(
     protofast,
@@ -304,6 +304,35 @@ fn label_targets_raw<'py>(
     Ok(out.map(|t| (to_matrix(py, t.part, l, l), t.semantic)))
 }
 
+/// The stable hash of each label; see `protofast.label_hashes`. Reads each
+/// `str` in place (no copy); a string with no UTF-8 form (a lone surrogate)
+/// is hashed from its `surrogatepass` encoding. Small work: the GIL is kept.
+#[pyfunction]
+fn label_hashes_raw<'py>(
+    py: Python<'py>,
+    labels: &Bound<'py, PyList>,
+) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    let mut out = Vec::with_capacity(labels.len());
+    for (i, item) in labels.iter().enumerate() {
+        let Ok(text) = item.cast::<PyString>() else {
+            let kind = item.get_type().name()?;
+            return Err(PyTypeError::new_err(format!(
+                "labels: item {i} is {kind}, expected str"
+            )));
+        };
+        out.push(match text.to_str() {
+            Ok(t) => label_hash::label_hash(t.as_bytes()),
+            Err(_) => {
+                // str.encode itself, not an override of a subclass
+                let encode = py.get_type::<PyString>().getattr("encode")?;
+                let bytes = encode.call1((text, "utf-8", "surrogatepass"))?;
+                label_hash::label_hash(bytes.cast::<PyBytes>()?.as_bytes())
+            }
+        });
+    }
+    Ok(out.into_pyarray(py))
+}
+
 /// Sets the number of threads of protofast's pool (≥ 1).
 #[pyfunction]
 fn set_num_threads(n: usize) -> PyResult<()> {
@@ -554,6 +583,7 @@ fn _protofast(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(group_labels_raw, m)?)?;
     m.add_function(wrap_pyfunction!(rows_match_raw, m)?)?;
     m.add_function(wrap_pyfunction!(label_targets_raw, m)?)?;
+    m.add_function(wrap_pyfunction!(label_hashes_raw, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     Ok(())

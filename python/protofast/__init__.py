@@ -2,8 +2,8 @@
 training, on a Rust core.
 
 The core (:func:`kmeans`, :func:`kmeans_plusplus`, :class:`LabelStore`,
-:func:`nearest_prototype`) is compiled Rust and needs only numpy. The training layer
-(:class:`PrototypeManager`, :class:`InfoNCELoss`, :class:`SemanticAlignmentLoss`,
+:func:`nearest_prototype`, :func:`label_hashes`) is compiled Rust and needs only numpy. The
+training layer (:class:`PrototypeManager`, :class:`InfoNCELoss`, :class:`SemanticAlignmentLoss`,
 :func:`compute_retrieval_metrics`) needs torch and is imported on first use.
 """
 
@@ -18,6 +18,7 @@ from ._core import (
     get_num_threads,
     kmeans,
     kmeans_plusplus,
+    label_hashes,
     nearest_prototype,
     set_num_threads,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "get_num_threads",
     "kmeans",
     "kmeans_plusplus",
+    "label_hashes",
     "nearest_prototype",
     "set_num_threads",
 ]

@@ -34,6 +34,7 @@ __all__ = [
     "get_num_threads",
     "group_labels_raw",
     "kmeans",
+    "label_hashes",
     "label_targets_raw",
     "nearest_prototype",
     "rows_match_raw",
@@ -326,6 +327,38 @@ def nearest_prototype(
     if not isinstance(metric, str):
         raise TypeError(f"metric: expected 'l2' or 'cosine', got {type(metric).__name__}")
     return _protofast.nearest_prototype_raw(q, c, metric)
+
+
+def label_hashes(labels: Sequence[str]) -> np.ndarray:
+    """A stable 64-bit hash of each label, for exchanging labels between processes.
+
+    The value depends on the label's UTF-8 bytes alone: it is the same in every process (no
+    ``PYTHONHASHSEED``), on every platform and in every protofast version, so the ranks of a
+    distributed job can exchange labels as an int64 tensor instead of as pickled strings. The
+    algorithm (fixed for good; a pure-Python version is in the tests):
+
+    1. ``h = K0 ^ n`` for ``n`` bytes, ``K0 = 0x243F6A8885A308D3``.
+    2. For each 8-byte chunk, read little-endian as ``w`` (the last one zero-padded):
+       ``h = lo(p) ^ hi(p)`` with ``p = (h ^ w) * 0x9E3779B97F4A7C15`` in 128 bits.
+    3. ``h ^= h >> 33; h *= 0xFF51AFD7ED558CCD; h ^= h >> 33; h *= 0xC4CEB9FE1A85EC53;
+       h ^= h >> 33`` (mod 2**64), then ``h`` read as a signed (two's complement) int64.
+
+    A string with a lone surrogate (no UTF-8 form) is hashed from
+    ``label.encode("utf-8", "surrogatepass")``: deterministic too, and never equal to the
+    bytes of a valid string. Not cryptographic: collisions can be built on purpose; ``m``
+    natural labels collide with probability about ``m**2 / 2**65``.
+
+    Args:
+        labels: Label strings (``str`` or subclasses), e.g. a batch's label texts.
+
+    Returns:
+        ``(len(labels),)`` int64 hashes; equal labels get equal hashes.
+
+    Raises:
+        TypeError: ``labels`` is a bare string or not a sequence, or an item is not a ``str``
+            (the message names the item).
+    """
+    return _protofast.label_hashes_raw(_label_list(labels))
 
 
 def set_num_threads(n: int) -> None:

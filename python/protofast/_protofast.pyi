@@ -12,6 +12,7 @@ __all__ = [
     "group_labels_raw",
     "kmeans_raw",
     "kmeans_plusplus_raw",
+    "label_hashes_raw",
     "label_targets_raw",
     "nearest_prototype_raw",
     "rows_match_raw",
@@ -65,6 +66,7 @@ def label_targets_raw(
     first: npt.NDArray[np.int64] | None = None,
     inverse: npt.NDArray[np.int64] | None = None,
 ) -> tuple[npt.NDArray[np.float32], float | None] | None: ...
+def label_hashes_raw(labels: list[str]) -> npt.NDArray[np.int64]: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
 
