@@ -1,6 +1,6 @@
 //! protofast's core: a label-embedding store, a deterministic parallel
-//! k-means, a nearest-prototype lookup, and stable label hashes, in
-//! plain Rust.
+//! k-means, a nearest-prototype lookup, stable label hashes and cluster
+//! renumbering by maximum overlap, in plain Rust.
 //!
 //! Nothing here touches Python; the bindings live in `python` (behind the
 //! `python` feature, which maturin enables) and only convert inputs, release
@@ -14,6 +14,7 @@ pub mod label_hash;
 pub mod labels;
 pub mod linalg;
 pub mod lookup;
+pub mod matching;
 pub mod parallel;
 pub mod rng;
 mod simd;
@@ -27,4 +28,5 @@ pub use error::{Error, Result};
 pub use kmeans::{kmeans, kmeans_plusplus, Init, KMeansParams, KMeansResult};
 pub use label_hash::{label_hash, label_hashes};
 pub use lookup::{nearest_prototype, LookupMetric};
+pub use matching::match_clusters;
 pub use store::{LabelStore, StoreState};

@@ -19,7 +19,7 @@ use crate::kmeans::{Init, KMeansParams};
 use crate::lookup::LookupMetric;
 use crate::store::{LabelStore, StoreState};
 use crate::targets::{self, Blend, PrototypeRows};
-use crate::{kmeans, kmeans_plusplus, label_hash, labels, nearest_prototype, parallel};
+use crate::{kmeans, kmeans_plusplus, label_hash, labels, matching, nearest_prototype, parallel};
 
 create_exception!(
     protofast,
@@ -333,6 +333,24 @@ fn label_hashes_raw<'py>(
     Ok(out.into_pyarray(py))
 }
 
+/// The renumbering of `current`'s clusters that best matches `previous`'s;
+/// see `protofast.match_clusters`.
+#[pyfunction]
+fn match_clusters_raw<'py>(
+    py: Python<'py>,
+    previous: PyReadonlyArray1<'py, i64>,
+    current: PyReadonlyArray1<'py, i64>,
+    k: usize,
+) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    let (previous, current) = (vector(&previous), vector(&current));
+    let perm = py.detach(|| matching::match_clusters(&previous, &current, k))?;
+    Ok(perm
+        .into_iter()
+        .map(|c| c as i64)
+        .collect::<Vec<_>>()
+        .into_pyarray(py))
+}
+
 /// Sets the number of threads of protofast's pool (≥ 1).
 #[pyfunction]
 fn set_num_threads(n: usize) -> PyResult<()> {
@@ -584,6 +602,7 @@ fn _protofast(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rows_match_raw, m)?)?;
     m.add_function(wrap_pyfunction!(label_targets_raw, m)?)?;
     m.add_function(wrap_pyfunction!(label_hashes_raw, m)?)?;
+    m.add_function(wrap_pyfunction!(match_clusters_raw, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     Ok(())

@@ -2,9 +2,10 @@
 training, on a Rust core.
 
 The core (:func:`kmeans`, :func:`kmeans_plusplus`, :class:`LabelStore`,
-:func:`nearest_prototype`, :func:`label_hashes`) is compiled Rust and needs only numpy. The
-training layer (:class:`PrototypeManager`, :class:`InfoNCELoss`, :class:`SemanticAlignmentLoss`,
-:func:`compute_retrieval_metrics`) needs torch and is imported on first use.
+:func:`nearest_prototype`, :func:`label_hashes`, :func:`match_clusters`) is compiled Rust and
+needs only numpy. The training layer (:class:`PrototypeManager`, :class:`InfoNCELoss`,
+:class:`SemanticAlignmentLoss`, :func:`compute_retrieval_metrics`) needs torch and is imported
+on first use.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ._core import (
     kmeans,
     kmeans_plusplus,
     label_hashes,
+    match_clusters,
     nearest_prototype,
     set_num_threads,
 )
@@ -42,6 +44,7 @@ __all__ = [
     "kmeans",
     "kmeans_plusplus",
     "label_hashes",
+    "match_clusters",
     "nearest_prototype",
     "set_num_threads",
 ]

@@ -36,6 +36,7 @@ __all__ = [
     "kmeans",
     "label_hashes",
     "label_targets_raw",
+    "match_clusters",
     "nearest_prototype",
     "rows_match_raw",
     "set_num_threads",
@@ -359,6 +360,48 @@ def label_hashes(labels: Sequence[str]) -> np.ndarray:
             (the message names the item).
     """
     return _protofast.label_hashes_raw(_label_list(labels))
+
+
+def match_clusters(previous: Any, current: Any, k: int) -> np.ndarray:
+    """Renumbers ``current``'s clusters to agree with ``previous`` as much as possible.
+
+    Given two assignments of the same items to clusters ``0..k-1``, returns the permutation
+    ``perm`` such that renaming current cluster ``c`` to ``perm[c]`` maximises the total overlap
+    ``sum_c |{i : previous[i] == perm[c] and current[i] == c}|``: relabel with
+    ``perm[current]``. Exact (the Hungarian method on the ``k x k`` overlap counts, integer
+    arithmetic); the GIL is released while it runs. When several permutations reach the
+    maximum, the one kept is the one that leaves the most clusters at their own number
+    (``perm[c] == c``), and among those the lexicographically smallest: the result depends on
+    the input alone.
+
+    Args:
+        previous: ``(n,)`` integer cluster ids (numpy, torch or a sequence); ``-1`` marks an
+            item absent from this clustering, ignored.
+        current: ``(n,)`` integer cluster ids of the same items, ``-1`` as in ``previous``.
+        k: The number of clusters, ``k >= 1``.
+
+    Returns:
+        ``(k,)`` int64 permutation of ``0..k-1``.
+
+    Raises:
+        TypeError: An id array is not of an integer dtype, or ``k`` is not an int.
+        ProtofastError: ``k < 1``, an array is not 1-D, the lengths differ, an id is outside
+            ``-1..k-1``, or the ``k x k`` counts do not fit in memory.
+    """
+    k = _int("k", k, 1)
+    prev = _id_vector("previous", previous)
+    cur = _id_vector("current", current)
+    return _protofast.match_clusters_raw(prev, cur, k)
+
+
+def _id_vector(name: str, value: Any) -> np.ndarray:
+    """``value`` as a 1-D int64 array of ids ``>= -1`` (the upper bound is the core's check)."""
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(f"{name}: a masked array's mask would be ignored; pass a plain array")
+    ndim = _to_numpy(value).ndim
+    if ndim != 1:
+        raise ProtofastError(f"{name}: expected a 1-D array, got {ndim} dimensions")
+    return _int_vector(name, value, -1)
 
 
 def set_num_threads(n: int) -> None:

@@ -14,6 +14,7 @@ __all__ = [
     "kmeans_plusplus_raw",
     "label_hashes_raw",
     "label_targets_raw",
+    "match_clusters_raw",
     "nearest_prototype_raw",
     "rows_match_raw",
     "set_num_threads",
@@ -67,6 +68,9 @@ def label_targets_raw(
     inverse: npt.NDArray[np.int64] | None = None,
 ) -> tuple[npt.NDArray[np.float32], float | None] | None: ...
 def label_hashes_raw(labels: list[str]) -> npt.NDArray[np.int64]: ...
+def match_clusters_raw(
+    previous: npt.NDArray[np.int64], current: npt.NDArray[np.int64], k: int
+) -> npt.NDArray[np.int64]: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
 
