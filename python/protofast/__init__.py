@@ -4,8 +4,8 @@ training, on a Rust core.
 The core (:func:`kmeans`, :func:`kmeans_plusplus`, :class:`LabelStore`,
 :func:`nearest_prototype`, :func:`label_hashes`, :func:`match_clusters`) is compiled Rust and
 needs only numpy. The training layer (:class:`PrototypeManager`, :class:`InfoNCELoss`,
-:class:`SemanticAlignmentLoss`, :func:`compute_retrieval_metrics`) needs torch and is imported
-on first use.
+:class:`SemanticAlignmentLoss`, :func:`compute_retrieval_metrics`, :class:`ClusteringReport`,
+:class:`DistributedError`) needs torch and is imported on first use.
 """
 
 from __future__ import annotations
@@ -27,11 +27,14 @@ from ._core import (
 from ._protofast import __version__
 
 if TYPE_CHECKING:
+    from ._distributed import DistributedError
     from .loss import InfoNCELoss, SemanticAlignmentLoss
-    from .manager import PrototypeManager
+    from .manager import ClusteringReport, PrototypeManager
     from .metrics import compute_retrieval_metrics
 
 __all__ = [
+    "ClusteringReport",
+    "DistributedError",
     "InfoNCELoss",
     "KMeansResult",
     "LabelStore",
@@ -50,6 +53,8 @@ __all__ = [
 ]
 
 _LAZY = {
+    "ClusteringReport": "manager",
+    "DistributedError": "_distributed",
     "PrototypeManager": "manager",
     "InfoNCELoss": "loss",
     "SemanticAlignmentLoss": "loss",
