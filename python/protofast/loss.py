@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from . import _distributed
 from ._checks import (
     check_bool,
     check_choice,
@@ -116,6 +117,18 @@ class InfoNCELoss(nn.Module):
             ``target_embeddings`` carry no gradient either way). The targets are then built per
             sample with tensor operations, and a manager's ``prototype_logits`` is called with
             ``keep_graph=True``.
+        gather: With torch.distributed initialised and several ranks, use every rank's batch
+            as negatives (global negatives): the embeddings are gathered from all ranks with
+            their gradient, the targets (hard, pairwise, prototype, label-aware) are built over
+            the global batch and its labels, and each rank computes the loss of its own rows
+            against the global batch (open_clip's ``gather_with_grad=True, local_loss=True``).
+            The mean over ranks of the loss and, under DDP, the averaged gradients equal those
+            of one process on the concatenated batch. Every rank needs the same batch size.
+            Labels travel as 64-bit hashes; a label's text only the first time it is sent. Alone
+            (no process group, or one rank) it changes nothing. Prototype targets need the same
+            prototypes on every rank: a :class:`protofast.PrototypeManager` shares them by
+            default. See the notes.
+        process_group: The group of ranks for ``gather`` (``None``: the default group).
 
     Raises:
         TypeError: On an argument of the wrong type.
@@ -151,6 +164,9 @@ class InfoNCELoss(nn.Module):
           ``T + T.T`` is expanded to ``B x B`` for the loss; row sums of parts built
           row-stochastic are their weights (the rows of a manager's ``B x B`` matrix are
           summed). Results equal the plain formula up to floating-point rounding.
+        * With ``gather``, a bad input on one rank (wrong shape, bad labels) raises on that rank
+          and a :class:`protofast._distributed.DistributedError` naming it on every other rank,
+          at the same step, instead of a hang. The metrics describe this rank's rows.
     """
 
     _target_matrix: Tensor | None
@@ -168,9 +184,14 @@ class InfoNCELoss(nn.Module):
         hard_targets: HardTargets = "identity",
         target_embeddings: Mapping[str, Any] | None = None,
         detach_targets: bool = True,
+        gather: bool = False,
+        process_group: Any = None,
     ) -> None:
         super().__init__()
         self.detach_targets = check_bool("detach_targets", detach_targets)
+        self.gather = check_bool("gather", gather)
+        self.process_group = process_group
+        self._directory = _distributed.LabelDirectory()
         self.temperature = check_positive("temperature", temperature)
         self.use_soft_targets = check_bool("use_soft_targets", use_soft_targets)
         self.soft_target_temperature = check_positive(
@@ -205,7 +226,7 @@ class InfoNCELoss(nn.Module):
             f"use_prototypes={self.use_prototypes}, prototype_weight={self.prototype_weight}, "
             f"hard_targets={self.hard_targets!r}, "
             f"target_embeddings={self._target_matrix is not None}, "
-            f"detach_targets={self.detach_targets}"
+            f"detach_targets={self.detach_targets}, gather={self.gather}"
         )
 
     @property
@@ -310,6 +331,16 @@ class InfoNCELoss(nn.Module):
             TypeError: On a non-tensor or non-floating input, or bad ``label_texts``.
             ValueError: On mismatched shapes/devices or a missing ``label_texts``.
         """
+        if self.gather and (ctx := _distributed.ranks(self.process_group)) is not None:
+            return self._forward_gathered(
+                ctx,
+                imu_embeddings,
+                text_embeddings,
+                label_texts,
+                return_metrics,
+                imu_queue,
+                text_queue,
+            )
         self._check_inputs(imu_embeddings, text_embeddings, label_texts, imu_queue, text_queue)
         dtype = torch.promote_types(
             torch.promote_types(imu_embeddings.dtype, text_embeddings.dtype), torch.float32
@@ -323,6 +354,100 @@ class InfoNCELoss(nn.Module):
                 return loss, None
             with torch.no_grad():
                 return loss, self._metrics(loss, logits, lse_it, lse_ti, targets)
+
+    def _forward_gathered(
+        self,
+        ctx: _distributed.Ranks,
+        imu_embeddings: Tensor,
+        text_embeddings: Tensor,
+        label_texts: Sequence[str] | None,
+        return_metrics: bool,
+        imu_queue: Tensor | None,
+        text_queue: Tensor | None,
+    ) -> tuple[Tensor, dict[str, Tensor] | None]:
+        """:meth:`forward` over the global batch: this rank's rows against every rank's."""
+        problem: BaseException | None = None
+        try:
+            self._check_inputs(imu_embeddings, text_embeddings, label_texts, imu_queue, text_queue)
+        except (TypeError, ValueError) as error:
+            problem = error
+        shape = [-1, -1] if problem is not None else list(imu_embeddings.shape)
+        header = [*shape, label_texts is not None]
+        everyone = _distributed.agree(problem, header, ctx, "InfoNCELoss(gather=True)")
+        if any(row != everyone[0] for row in everyone):
+            raise ValueError(
+                "InfoNCELoss(gather=True): every rank needs the same batch size and dimension, "
+                "and labels on every rank or on none; got (batch, dim, labels) "
+                + ", ".join(f"rank {r}: {tuple(row)}" for r, row in enumerate(everyone))
+            )
+        batch = imu_embeddings.shape[0]
+        dtype = torch.promote_types(
+            torch.promote_types(imu_embeddings.dtype, text_embeddings.dtype), torch.float32
+        )
+        with torch.autocast(device_type=imu_embeddings.device.type, enabled=False):
+            imu, text = imu_embeddings.to(dtype), text_embeddings.to(dtype)
+            labels = None
+            spec = self.spec
+            if label_texts is not None and (spec.soft or spec.hard == "label"):
+                labels = self._directory.gather(list(label_texts), ctx)
+            # one collective for both (and one in the backward pass)
+            both = _distributed.gather_rows(torch.cat([imu, text], dim=1), ctx)
+            imu_all, text_all = both[:, : imu.shape[1]], both[:, imu.shape[1] :]
+            targets = self.get_targets(text_all, labels, want_semantic=return_metrics)
+            start = ctx.rank * batch
+            sim_it = imu @ text_all.T
+            base_it = sim_it / self.temperature
+            base_ti = text @ imu_all.T / self.temperature
+            logits_it, logits_ti = base_it, base_ti
+            if text_queue is not None:
+                extra = imu @ text_queue.to(dtype).T / self.temperature
+                logits_it = torch.cat([logits_it, extra], dim=1)
+            if imu_queue is not None:
+                extra = text @ imu_queue.to(dtype).T / self.temperature
+                logits_ti = torch.cat([logits_ti, extra], dim=1)
+            with contextlib.nullcontext() if targets.graph else torch.no_grad():
+                rows = targets.rows(start, start + batch)
+                row_sums = targets.row_sums()
+                if isinstance(row_sums, Tensor):
+                    row_sums = row_sums[start : start + batch]
+            lse_it = torch.logsumexp(logits_it, dim=1)
+            lse_ti = torch.logsumexp(logits_ti, dim=1)
+            loss_it = (lse_it * row_sums).sum() - torch.dot(rows.reshape(-1), base_it.reshape(-1))
+            loss_ti = (lse_ti * row_sums).sum() - torch.dot(rows.reshape(-1), base_ti.reshape(-1))
+            loss = (loss_it + loss_ti) * (0.5 / batch)
+            if not return_metrics:
+                return loss, None
+            with torch.no_grad():
+                sim = sim_it.detach()
+                positions = torch.arange(batch, device=sim.device) + start
+                positive = sim[torch.arange(batch, device=sim.device), positions].mean()
+                total = sim.shape[1]
+                negative = (sim.sum() - positive * batch) / max(batch * (total - 1), 1)
+                ids = targets.ids
+
+                def accuracy(direction: Tensor) -> Tensor:
+                    pred = direction.detach().max(dim=1).indices
+                    if self.hard_targets == "label":
+                        assert ids is not None
+                        mine = ids[start : start + batch]
+                        hit = (pred < total) & (ids[pred.clamp(max=total - 1)] == mine)
+                    else:
+                        hit = pred == positions
+                    return hit.to(sim.dtype).mean()
+
+                metrics = {
+                    "loss": loss.detach(),
+                    "loss_imu_to_text": (loss_it / batch).detach(),
+                    "loss_text_to_imu": (loss_ti / batch).detach(),
+                    "acc_imu_to_text": accuracy(logits_it),
+                    "acc_text_to_imu": accuracy(logits_ti),
+                    "positive_similarity": positive,
+                    "negative_similarity": negative,
+                    "similarity_gap": positive - negative,
+                }
+                if targets.semantic is not None:
+                    metrics["label_semantic_similarity"] = targets.semantic
+                return loss, metrics
 
     def _check_inputs(
         self, imu: Any, text: Any, label_texts: Any, imu_queue: Any, text_queue: Any
@@ -433,6 +558,8 @@ class SemanticAlignmentLoss(nn.Module):
         hard_targets: HardTargets = "identity",
         target_embeddings: Mapping[str, Any] | None = None,
         detach_targets: bool = True,
+        gather: bool = False,
+        process_group: Any = None,
     ) -> None:
         super().__init__()
         self.infonce = InfoNCELoss(
@@ -446,6 +573,8 @@ class SemanticAlignmentLoss(nn.Module):
             hard_targets=hard_targets,
             target_embeddings=target_embeddings,
             detach_targets=detach_targets,
+            gather=gather,
+            process_group=process_group,
         )
 
     @property

@@ -369,6 +369,32 @@ class FactoredTargets:
             out.diagonal().add_(self.diagonal)
         return out
 
+    def rows(self, start: int, stop: int) -> Tensor:
+        """Rows ``start:stop`` of ``T`` as a dense ``(stop - start) x B`` matrix (a rank's rows
+        of a gathered batch's targets); carries the parts' gradient when they have one.
+
+        Args:
+            start: The first row.
+            stop: One past the last row (``0 <= start <= stop <= B``).
+        """
+        count = stop - start
+        out = torch.zeros(count, self.batch, device=self.device, dtype=self.dtype)
+        if self.label_part is not None:
+            assert self.ids is not None
+            part = self.label_part.index_select(0, self.ids[start:stop])
+            out = out + part.index_select(1, self.ids)
+        if self.dense_part is not None:
+            out = out + self.dense_part[start:stop]
+        if _nonzero(self.diagonal):
+            weight = self.diagonal
+            if isinstance(weight, Tensor):
+                weight = weight[start:stop]
+            positions = torch.arange(count, device=self.device)
+            diagonal = torch.zeros_like(out)
+            diagonal[positions, positions + start] = weight
+            out = out + diagonal
+        return out
+
 
 def _nonzero(value: Tensor | float) -> bool:
     """Whether a diagonal weight may be non-zero (a tensor is not inspected: no sync)."""
