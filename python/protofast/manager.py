@@ -21,6 +21,7 @@ import os
 import pickle
 import tempfile
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import _distributed
 from ._checks import (
     check_bool,
     check_choice,
@@ -37,15 +39,20 @@ from ._checks import (
     check_labels,
     check_nonnegative,
     check_positive,
+    check_weight,
 )
-from ._core import LabelStore, ProtofastError, kmeans, nearest_prototype
+from ._core import LabelStore, ProtofastError, kmeans, match_clusters, nearest_prototype
+from ._distributed import Ranks
 from .targets import BatchLabels
 
-__all__ = ["PrototypeLogits", "PrototypeManager"]
+__all__ = ["ClusteringReport", "PrototypeLogits", "PrototypeManager"]
 
 logger = logging.getLogger("protofast")
 
-STATE_VERSION = 2  # 2: the config holds min_samples_rule (version 1 ran the "labels" rule)
+# 2: the config holds min_samples_rule (version 1 ran the "labels" rule); 3: warm_start,
+# renumber, async_update, swap_after and distributed in the config, the unmerged labels of a
+# rank (``delta``), a re-clustering in flight (``incoming``) and the last churn
+STATE_VERSION = 3
 Unseen = Literal["nearest", "one_hot"]
 Ingest = Literal["auto", "direct", "deferred"]
 MinSamplesRule = Literal["samples", "labels"]
@@ -168,6 +175,22 @@ class _DeviceSums:
         self.sums.zero_()
         self.counts[:] = 0
 
+    def peek(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """Host copies of the sums and counts of ids ``0..rows-1`` (synchronises)."""
+        if self.sums is None:
+            return np.zeros((rows, 0), dtype=np.float32), np.zeros(rows, dtype=np.int64)
+        assert self.counts is not None
+        return self.sums[:rows].cpu().numpy().copy(), self.counts[:rows].copy()
+
+    def take(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`peek`, then zeroes every sum and count."""
+        sums, counts = self.peek(rows)
+        if self.sums is not None:
+            assert self.counts is not None
+            self.sums.zero_()
+            self.counts[:] = 0
+        return sums, counts
+
     def state(self) -> dict[str, Tensor] | None:
         if self.sums is None:
             return None
@@ -240,6 +263,122 @@ def _members(label_to_cluster: dict[str, int]) -> defaultdict[int, list[str]]:
     return members
 
 
+class _Snapshot(NamedTuple):
+    """What one re-clustering reads, copied from the manager when it starts (a background
+    re-clustering then needs nothing that later steps change)."""
+
+    ids: np.ndarray  # (L,) store ids of the labels clustered
+    means: np.ndarray  # (L, D) their mean embeddings
+    previous: np.ndarray | None  # (L,) their cluster at the last clustering (-1: none)
+    init: np.ndarray | None  # (k, D) the previous prototypes, for a warm start
+
+
+class _Clustering(NamedTuple):
+    """The outcome of one re-clustering, numbered as it will be installed."""
+
+    centroids: np.ndarray  # (k, D) float32
+    assignments: np.ndarray  # (L,) int64 cluster of each label of the snapshot
+    inertia: float
+    n_iter: int
+    churn: float  # share of labels clustered both times whose cluster changed; NaN if none
+    warm: bool  # a warm start
+    seconds: float  # the k-means' wall time
+
+
+class ClusteringReport(NamedTuple):
+    """How the last re-clustering went (:attr:`PrototypeManager.last_clustering`).
+
+    Attributes:
+        num_labels: Labels clustered.
+        inertia: k-means inertia (sum of squared distances to the prototypes).
+        n_iter: Lloyd iterations of the run kept.
+        warm_start: Whether it started from the previous prototypes.
+        churn: Share of the labels clustered both times whose cluster changed, after
+            renumbering; ``None`` for a first clustering.
+        seconds: Wall time of the k-means (on rank 0 with several ranks).
+    """
+
+    num_labels: int
+    inertia: float
+    n_iter: int
+    warm_start: bool
+    churn: float | None
+    seconds: float
+
+
+def _cluster(snapshot: _Snapshot, settings: dict[str, Any], renumber: bool) -> _Clustering:
+    """Runs the k-means of one re-clustering (no manager state: safe on a worker thread).
+
+    A warm start (``snapshot.init``) runs one Lloyd from the previous prototypes, whose numbering
+    it keeps; a restart runs ``n_init`` k-means++ restarts and, with ``renumber``, renames its
+    clusters to overlap most with the previous ones (:func:`protofast.match_clusters`)."""
+    k = settings["n_clusters"]
+    common = {
+        "max_iter": settings["max_iter"],
+        "tol": settings["tol"],
+        "seed": settings["seed"],
+        "spherical": settings["spherical"],
+    }
+    start = time.perf_counter()
+    if snapshot.init is not None:
+        result = kmeans(snapshot.means, k, init=snapshot.init, **common)
+    else:
+        result = kmeans(snapshot.means, k, n_init=settings["n_init"], **common)
+    centroids, assignments = result.centroids, result.labels.astype(np.int64)
+    churn = float("nan")
+    previous = snapshot.previous
+    if previous is not None and (both := previous >= 0).any():
+        if renumber and snapshot.init is None:
+            perm = np.asarray(match_clusters(previous, assignments, k), dtype=np.int64)
+            assignments = perm[assignments]
+            renamed = np.empty_like(centroids)
+            renamed[perm] = centroids
+            centroids = renamed
+        churn = float(np.mean(previous[both] != assignments[both]))
+    return _Clustering(
+        centroids,
+        assignments,
+        float(result.inertia),
+        int(result.n_iter),
+        churn,
+        snapshot.init is not None,
+        time.perf_counter() - start,
+    )
+
+
+class _Incoming:
+    """A re-clustering that runs on a worker thread until the step at which it is installed."""
+
+    __slots__ = ("error", "ids", "result", "swap_at", "thread")
+
+    def __init__(self, ids: np.ndarray, swap_at: int) -> None:
+        self.ids = ids
+        self.swap_at = swap_at  # the add_labels call (num_batches) that installs it
+        self.thread: threading.Thread | None = None
+        self.result: _Clustering | None = None
+        self.error: BaseException | None = None
+
+    def start(self, work: Callable[[], _Clustering]) -> None:
+        def run() -> None:
+            try:
+                self.result = work()
+            except BaseException as error:  # re-raised by wait() on the training thread
+                self.error = error
+
+        self.thread = threading.Thread(target=run, name="protofast-recluster", daemon=True)
+        self.thread.start()
+
+    def wait(self) -> _Clustering | None:
+        """The result (``None`` on a rank that does not cluster), once it is there."""
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        return self.result
+
+
 class PrototypeManager:
     """Accumulates label embeddings, clusters them into prototypes and turns
     cluster membership into soft targets.
@@ -278,6 +417,47 @@ class PrototypeManager:
             ``"labels"`` (the stricter rule of protofast before 0.2); see
             ``min_samples_per_cluster``. Saved with the state; a state saved
             without it (version 1) resumes with ``"labels"``, the rule it ran with.
+        warm_start: Re-cluster from the previous prototypes (one Lloyd run,
+            usually a few iterations) instead of ``n_init`` k-means++
+            restarts; the first clustering always restarts. Off: the note's
+            restarts. It changes the clustering (measured in
+            ``benches/RESULTS.md``).
+        renumber: After a restart, rename the new clusters to overlap most
+            with the previous ones (Hungarian assignment on the labels
+            clustered both times), so that a cluster keeps its id across
+            re-clusterings. Changes no partition and no target; ``False``
+            keeps k-means' own numbering. Churn (the share of labels whose
+            cluster changed) is reported either way (``get_statistics()``).
+        async_update: Re-cluster on a worker thread (the core holds no GIL):
+            steps keep the previous prototypes until the new ones are
+            installed, ``swap_after`` :meth:`add_labels` calls after the
+            re-clustering started (waiting there if it is not done), so the
+            swap happens at the same step in every run and on every rank.
+            For the same data the clusters equal those of the synchronous
+            path.
+        swap_after: :meth:`add_labels` calls between the start of a
+            background re-clustering and its installation; ``None``:
+            ``max(1, update_interval // 2)``.
+        distributed: Whether the ranks of a torch.distributed job share one
+            store and one clustering. ``None`` (default): yes whenever a
+            process group with more than one rank is initialised at the
+            first :meth:`add_labels`; ``True``: required (a missing process
+            group is an error); ``False``: each rank keeps its own (the
+            note's behaviour, which lets ranks drift apart). See the notes.
+        process_group: The group of ranks (``None``: the default group).
+
+    Notes:
+        With several ranks, each rank accumulates its batches' sums on its
+        device; every ``update_interval`` calls the ranks merge them into
+        one store, the same on every rank (labels new to the store travel
+        once, as text; sums and counts as tensors), and rank 0 clusters and
+        broadcasts the prototypes and mapping, so that every rank holds the
+        same prototypes and ``label_to_cluster``. Every rank must call
+        :meth:`add_labels` (and :meth:`update_prototypes`, :meth:`sync`) the
+        same number of times, as with DDP. Steps that do not re-cluster
+        communicate nothing. ``state_dict`` is per rank (it holds this
+        rank's unmerged sums): save one file per rank, or call :meth:`sync`
+        on every rank before saving one.
 
     The manager may be shared between threads: its state changes and reads
     hold one re-entrant lock.
@@ -303,6 +483,12 @@ class PrototypeManager:
         unseen: Unseen = "nearest",
         ingest: Ingest = "auto",
         min_samples_rule: MinSamplesRule = "samples",
+        warm_start: bool = False,
+        renumber: bool = True,
+        async_update: bool = False,
+        swap_after: int | None = None,
+        distributed: bool | None = None,
+        process_group: Any = None,
     ) -> None:
         self._lock = threading.RLock()
         self.num_clusters = check_int("num_clusters", num_clusters, 1)
@@ -320,6 +506,14 @@ class PrototypeManager:
         self.min_samples_rule: MinSamplesRule = check_choice(
             "min_samples_rule", min_samples_rule, ("samples", "labels")
         )
+        self.warm_start = check_bool("warm_start", warm_start)
+        self.renumber = check_bool("renumber", renumber)
+        self.async_update = check_bool("async_update", async_update)
+        self.swap_after = None if swap_after is None else check_int("swap_after", swap_after, 1)
+        if distributed is not None:
+            check_bool("distributed", distributed)
+        self.distributed = distributed
+        self.process_group = process_group
         if ingest == "deferred" and max_samples_per_label is not None:
             raise ValueError(
                 "ingest must be 'auto' or 'direct' with a window store "
@@ -343,6 +537,14 @@ class PrototypeManager:
         self._batch: _Batch | None = None  # the last add_labels batch
         # (key, prototypes / temperature in the embeddings' dtype and device)
         self._scaled: tuple[tuple[Any, ...], Tensor] | None = None
+        self.last_churn: float | None = None  # churn of the last re-clustering
+        self.last_clustering: ClusteringReport | None = None
+        self._incoming: _Incoming | None = None  # a background re-clustering
+        # several ranks: resolved at the first add_labels (None: this process alone)
+        self._ranks_resolved = False
+        self._ctx: Ranks | None = None
+        # several ranks: this rank's labels since the last merge (their sums are _pending's)
+        self._delta: LabelStore | None = None
 
     # ------------------------------------------------------------------ ingest
     @property
@@ -368,10 +570,11 @@ class PrototypeManager:
         return self.num_batches % self.update_interval
 
     def _sample_counts(self) -> np.ndarray:
-        """Samples per store id, stored and pending together."""
+        """Samples per store id, stored and pending together (with several ranks: merged
+        samples only, the same on every rank)."""
         counts = self.store.counts()
         pending = self._pending.counts
-        if pending is not None:
+        if pending is not None and self._delta is None:
             n = min(len(counts), len(pending))
             counts = counts.copy()
             counts[:n] += pending[:n]
@@ -410,11 +613,12 @@ class PrototypeManager:
         if self.spherical and len(labels):
             self._check_spherical_rows(emb)
         with self._lock:
+            ctx = self._ranks()
             if self.device is None:
                 self.device = emb.device
             self._batch = None
             try:  # the core checks the labels while it reads them
-                if self._deferred(emb.device):
+                if ctx is not None or self._deferred(emb.device):
                     self._batch = self._accumulate(labels, emb)
                 else:
                     ids, *grouping = self.store.add_grouped(labels, emb)
@@ -423,11 +627,15 @@ class PrototypeManager:
                 check_labels("label_texts", labels)  # a message that names label_texts' item
                 raise
             self.num_batches += 1
+            if self._incoming is not None and self.num_batches >= self._incoming.swap_at:
+                self._swap_in()
             if self.num_batches % self.update_interval != 0:
                 return
+            if ctx is not None:  # merge first: readiness is decided on the merged store
+                self._merge(ctx)
             ready, unique, total = self._readiness()
             if ready:
-                self.update_prototypes()
+                self._recluster(ctx)
             elif not self._warned_not_ready:
                 self._warned_not_ready = True
                 self._log_not_ready(unique, total)
@@ -469,7 +677,9 @@ class PrototypeManager:
             )
 
     def _accumulate(self, labels: list[str], emb: Tensor) -> _Batch:
-        """Adds a batch to the device-side sums; returns it as the last batch."""
+        """Adds a batch to the device-side sums; returns it as the last batch. With several
+        ranks the sums are indexed by this rank's labels since the last merge (``_delta``),
+        the clusters by the merged store's ids."""
         dim = self.store.dim if self.store.dim is not None else self._pending.dim
         if dim is not None and emb.shape[1] != dim:
             raise ProtofastError(
@@ -479,18 +689,20 @@ class PrototypeManager:
         # when the sums reach the store at the next re-clustering.
         if emb.device.type == "cpu" and not bool(torch.isfinite(emb).all()):
             raise ProtofastError("embeddings: contains a non-finite value (NaN or inf)")
-        ids, *grouping = self.store.intern_grouped(labels)
+        interner = self.store if self._delta is None else self._delta
+        ids, *grouping = interner.intern_grouped(labels)
+        store_ids = ids if self._delta is None else self.store.lookup(labels)
         clusters = None
         if self.is_initialized:
             # the loss will ask for this batch's clusters: send them with the ids
-            host = self._host_clusters(ids)
+            host = self._host_clusters(store_ids)
             packed = _to_device(np.concatenate([ids, host]), emb.device)
             device_ids = packed[: len(ids)]
             clusters = (self.num_updates, packed[len(ids) :], host)
         else:
             device_ids = _to_device(ids, emb.device)
-        self._pending.add(ids, device_ids, emb, len(self.store))
-        return _Batch(labels, ids, grouping, clusters)
+        self._pending.add(ids, device_ids, emb, len(interner))
+        return _Batch(labels, store_ids, grouping, clusters)
 
     def _known(self, label_texts: Any) -> list[str] | None:
         """``label_texts`` itself when it is the last batch's labels (or their distinct
@@ -523,17 +735,25 @@ class PrototypeManager:
         """Re-clusters the per-label mean embeddings into prototypes.
 
         Runs k-means (``n_init`` restarts, seed ``seed`` every time, as the
-        note) on the mean embedding of every label with samples; prototypes are
-        the cluster centres. Fills ``label_to_cluster`` and ``cluster_labels``,
-        increments ``num_updates`` and logs the clusters. The same rule as the
+        note; or a warm start, see ``warm_start``) on the mean embedding of
+        every label with samples; prototypes are the cluster centres. Fills
+        ``label_to_cluster`` and ``cluster_labels``, increments
+        ``num_updates`` and logs the clusters. The same rule as the
         periodic trigger of :meth:`add_labels` decides whether it runs
-        (``min_samples_rule``).
+        (``min_samples_rule``). With several ranks it first merges every
+        rank's samples (:meth:`sync`): call it on every rank. With
+        ``async_update`` it starts the re-clustering, which is installed
+        ``swap_after`` :meth:`add_labels` calls later.
 
         Returns:
-            ``True`` if prototypes were updated, ``False`` if the rule does not
-            hold yet (too few samples or unique labels).
+            ``True`` if prototypes were updated (or, with ``async_update``,
+            a re-clustering started), ``False`` if the rule does not hold
+            yet (too few samples or unique labels).
         """
         with self._lock:
+            ctx = self._ranks()
+            if ctx is not None:
+                self._merge(ctx)
             ready, unique, total = self._readiness()
             if not ready:
                 logger.info(
@@ -545,33 +765,212 @@ class PrototypeManager:
                     self.min_total_samples,
                 )
                 return False
-            self._pending.flush(self.store)
-            # labels interned without samples (a note checkpoint's) take no part
-            ids = np.flatnonzero(self.store.counts() > 0)
-            all_labels = self.store.labels()
-            labels = [all_labels[i] for i in ids.tolist()]
-            means = self.store.means()[ids]
-            result = kmeans(
-                means,
-                self.num_clusters,
-                n_init=self.n_init,
-                max_iter=self.max_iter,
-                tol=self.tol,
-                seed=self.seed,
-                spherical=self.spherical,
-            )
-            device = self.device if self.device is not None else torch.device("cpu")
-            self.prototypes = torch.from_numpy(result.centroids).to(device)
-            table = np.full(len(all_labels) + 1, -1, dtype=np.int64)
-            table[ids] = result.labels
-            self._cluster_table = table
-            self.label_to_cluster = dict(zip(labels, result.labels.tolist(), strict=True))
-            self.cluster_labels = _members(self.label_to_cluster)
-            self.num_updates += 1
-            self.num_labels_seen = len(labels)
-            self.is_initialized = True
-            self._log_update(result.inertia)
+            self._recluster(ctx)
             return True
+
+    @_locked
+    def sync(self) -> None:
+        """Merges every rank's samples since the last merge into the shared store now (a
+        collective call: every rank must make it). Afterwards every rank holds the same
+        store and ``state_dict`` differs between ranks only in its rank number, so one rank's
+        file resumes every rank. Alone, it only moves pending device sums to the store.
+
+        Raises:
+            ValueError: This rank's pending sums hold a non-finite value.
+            protofast._distributed.DistributedError: Another rank's sums were refused.
+        """
+        ctx = self._ranks()
+        if ctx is not None:
+            self._merge(ctx)
+        else:
+            self._pending.flush(self.store)
+
+    def _ranks(self) -> Ranks | None:
+        """This process's ranks, resolved once (at the first call that needs them)."""
+        if self._ranks_resolved:
+            return self._ctx
+        ctx = None
+        if self.distributed is not False:
+            ctx = _distributed.ranks(self.process_group)
+            if ctx is None and self.distributed and not _distributed.initialized():
+                raise ValueError(
+                    "distributed=True needs an initialised torch.distributed process group"
+                )
+        if ctx is not None and self.store.max_samples_per_label is not None:
+            raise ValueError(
+                "several ranks share one store only in running-mean mode: pass "
+                "max_samples_per_label=None, or distributed=False for one store per rank"
+            )
+        self._ranks_resolved, self._ctx = True, ctx
+        if ctx is not None and self._delta is None:
+            # samples already in the store (added before the group existed) stay this rank's own
+            self._delta = LabelStore()
+        elif ctx is None and self._delta is not None:
+            self._fold_delta()
+        return ctx
+
+    def _fold_delta(self) -> None:
+        """Moves unmerged per-rank sums (a state saved by a rank, resumed alone) into the store."""
+        delta, self._delta = self._delta, None
+        assert delta is not None
+        labels = delta.labels()
+        sums, counts = self._pending.take(len(labels))
+        self.store.intern(labels)
+        keep = np.flatnonzero(counts)
+        if len(keep):
+            ids = self.store.lookup([labels[i] for i in keep.tolist()])
+            self.store.add_sums(ids, sums[keep], counts[keep])
+
+    def _merge(self, ctx: Ranks) -> None:
+        """Folds every rank's sums since the last merge into the store, the same on every rank
+        (a collective call). On an error nothing changes on any rank."""
+        assert self._delta is not None
+        labels = self._delta.labels()
+        sums, counts = self._pending.peek(len(labels))
+        keep = np.flatnonzero(counts)
+        _distributed.merge_store(
+            self.store, [labels[i] for i in keep.tolist()], sums[keep], counts[keep], ctx
+        )
+        self._delta = LabelStore()
+        self._pending.take(len(labels))  # zeroes them
+        self._batch = None  # its store ids predate the merge
+
+    # -------------------------------------------------------------- re-clustering
+    def _settings(self) -> dict[str, Any]:
+        return {
+            "n_clusters": self.num_clusters,
+            "n_init": self.n_init,
+            "max_iter": self.max_iter,
+            "tol": self.tol,
+            "seed": self.seed,
+            "spherical": self.spherical,
+        }
+
+    def _snapshot(self) -> _Snapshot:
+        """The labels with samples (a note checkpoint's labels without samples take no part),
+        their means, their clusters at the last clustering and the warm start's prototypes."""
+        if self._delta is None:
+            self._pending.flush(self.store)
+        ids = np.flatnonzero(self.store.counts() > 0)
+        means = self.store.means()[ids]
+        previous = self._host_clusters(ids) if self.is_initialized else None
+        init = None
+        if (
+            self.warm_start
+            and self.prototypes is not None
+            and self.prototypes.shape == (self.num_clusters, means.shape[1])
+        ):
+            init = self.prototypes.detach().cpu().float().numpy()
+        return _Snapshot(ids, means, previous, init)
+
+    def _recluster(self, ctx: Ranks | None) -> None:
+        """Re-clusters now, or starts a background re-clustering (``async_update``); with
+        several ranks rank 0 clusters and every rank installs its broadcast result."""
+        if self._incoming is not None:  # the previous one goes in first
+            self._swap_in()
+        snapshot = self._snapshot()
+        settings, renumber = self._settings(), self.renumber
+
+        def work() -> _Clustering:
+            return _cluster(snapshot, settings, renumber)
+
+        computes = ctx is None or ctx.rank == 0
+        if self.async_update:
+            delay = self.swap_after or max(1, self.update_interval // 2)
+            incoming = _Incoming(snapshot.ids, self.num_batches + delay)
+            if computes:
+                incoming.start(work)
+            self._incoming = incoming
+            return
+        result, problem = None, None
+        if computes:
+            try:
+                result = work()
+            except Exception as error:
+                if ctx is None:
+                    raise
+                problem = error
+        self._install(snapshot.ids, self._share(result, problem, len(snapshot.ids), ctx))
+
+    def _swap_in(self) -> None:
+        """Installs the background re-clustering (waiting for it if it is not done)."""
+        incoming, ctx = self._incoming, self._ctx
+        assert incoming is not None
+        self._incoming = None
+        result, problem = None, None
+        try:
+            result = incoming.wait()
+        except Exception as error:
+            if ctx is None:
+                raise
+            problem = error
+        if ctx is None and result is None:
+            logger.warning(
+                "[PrototypeManager] A re-clustering in flight was saved by another rank "
+                "without its result; it is dropped and the next one replaces it"
+            )
+            return
+        self._install(incoming.ids, self._share(result, problem, len(incoming.ids), ctx))
+
+    def _share(
+        self,
+        result: _Clustering | None,
+        problem: BaseException | None,
+        rows: int,
+        ctx: Ranks | None,
+    ) -> _Clustering:
+        """Rank 0's result on every rank (alone: the result itself)."""
+        if ctx is None:
+            assert result is not None
+            return result
+        _distributed.agree(problem, [], ctx, "PrototypeManager re-clustering")
+        dim = self.store.dim or 0
+        if result is None:
+            result = _Clustering(
+                np.zeros((self.num_clusters, dim), dtype=np.float32),
+                np.zeros(rows, dtype=np.int64),
+                0.0,
+                0,
+                0.0,
+                False,
+                0.0,
+            )
+        meta = np.array(
+            [result.inertia, result.n_iter, result.churn, result.warm, result.seconds],
+            dtype=np.float64,
+        )
+        centroids, assignments, meta = _distributed.broadcast_arrays(
+            [result.centroids.astype(np.float32), result.assignments, meta], ctx
+        )
+        return _Clustering(
+            centroids,
+            assignments,
+            float(meta[0]),
+            int(meta[1]),
+            float(meta[2]),
+            bool(meta[3]),
+            float(meta[4]),
+        )
+
+    def _install(self, ids: np.ndarray, result: _Clustering) -> None:
+        """Makes ``result`` (a clustering of store ids ``ids``) the current prototypes."""
+        all_labels = self.store.labels()
+        labels = [all_labels[i] for i in ids.tolist()]
+        device = self.device if self.device is not None else torch.device("cpu")
+        self.prototypes = torch.from_numpy(np.ascontiguousarray(result.centroids)).to(device)
+        table = np.full(len(all_labels) + 1, -1, dtype=np.int64)
+        table[ids] = result.assignments
+        self._cluster_table = table
+        self.label_to_cluster = dict(zip(labels, result.assignments.tolist(), strict=True))
+        self.cluster_labels = _members(self.label_to_cluster)
+        self.num_updates += 1
+        self.num_labels_seen = len(labels)
+        self.is_initialized = True
+        self.last_churn = None if np.isnan(result.churn) else result.churn
+        self.last_clustering = ClusteringReport(
+            len(labels), result.inertia, result.n_iter, result.warm, self.last_churn, result.seconds
+        )
+        self._log_update(result.inertia)
 
     def _log_update(self, inertia: float) -> None:
         if not logger.isEnabledFor(logging.INFO):
@@ -581,6 +980,8 @@ class PrototypeManager:
             f"  Total unique labels: {self.num_labels_seen}",
             f"  Number of clusters: {self.num_clusters}",
         ]
+        if self.last_churn is not None:
+            lines.append(f"  Churn: {100 * self.last_churn:.1f}% of labels changed cluster")
         for c, members in self.cluster_labels.items():
             shown = repr(members[:5])[:-1] + (", ...]" if len(members) > 5 else "]")
             lines.append(f"  Cluster {c} ({len(members)} labels): {shown}")
@@ -802,9 +1203,16 @@ class PrototypeManager:
             A dict with ``is_initialized``, ``num_unique_labels``,
             ``num_labels_seen``, ``num_clusters``, ``num_updates``,
             ``total_embeddings_accumulated``, ``num_batches``,
-            ``store_nbytes`` and ``cluster_sizes``.
+            ``store_nbytes``, ``cluster_sizes``, ``cluster_churn`` (the share
+            of labels clustered by the last two clusterings whose cluster
+            changed; ``None`` before a second one), ``update_in_flight``
+            (a background re-clustering not yet installed), ``world_size``
+            (ranks sharing the store, 1 alone) and ``unmerged_embeddings``
+            (this rank's samples since the last merge, counted in
+            ``total_embeddings_accumulated``).
         """
         counts = self._sample_counts()
+        unmerged = 0 if self._delta is None else self._pending.total()
         return {
             "is_initialized": self.is_initialized,
             "num_unique_labels": int(np.count_nonzero(counts)),
@@ -812,12 +1220,16 @@ class PrototypeManager:
             # the note's: clusters with labels at the last clustering, 0 before it
             "num_clusters": len(self.cluster_labels) if self.is_initialized else 0,
             "num_updates": self.num_updates,
-            "total_embeddings_accumulated": int(counts.sum()),
+            "total_embeddings_accumulated": int(counts.sum()) + unmerged,
             "num_batches": self.num_batches,
             "store_nbytes": self.store.nbytes,
             "cluster_sizes": [
                 len(self.cluster_labels.get(c, [])) for c in range(self.num_clusters)
             ],
+            "cluster_churn": self.last_churn,
+            "update_in_flight": self._incoming is not None,
+            "world_size": 1 if self._ctx is None else self._ctx.size,
+            "unmerged_embeddings": unmerged,
         }
 
     def __repr__(self) -> str:
@@ -842,13 +1254,44 @@ class PrototypeManager:
             "unseen": self.unseen,
             "ingest": self.ingest,
             "min_samples_rule": self.min_samples_rule,
+            "warm_start": self.warm_start,
+            "renumber": self.renumber,
+            "async_update": self.async_update,
+            "swap_after": self.swap_after,
+            "distributed": self.distributed,
+        }
+
+    def _incoming_state(self) -> dict[str, Any] | None:
+        """The re-clustering in flight (waited for: its result is saved, so that the resumed
+        run installs it at the same step)."""
+        incoming = self._incoming
+        if incoming is None:
+            return None
+        result = incoming.wait()
+        return {
+            "swap_at": incoming.swap_at,
+            "ids": torch.from_numpy(incoming.ids.astype(np.int64)),
+            "result": None
+            if result is None
+            else {
+                "centroids": torch.from_numpy(np.ascontiguousarray(result.centroids)),
+                "assignments": torch.from_numpy(result.assignments.astype(np.int64)),
+                "inertia": result.inertia,
+                "n_iter": result.n_iter,
+                "churn": result.churn,
+                "warm": result.warm,
+                "seconds": result.seconds,
+            },
         }
 
     @_locked
     def state_dict(self) -> dict[str, Any]:
         """The whole state: configuration, store, pending sums, prototypes,
         mappings and counters, as tensors and plain Python values only (loads
-        with ``torch.load(..., weights_only=True)``).
+        with ``torch.load(..., weights_only=True)``). A re-clustering in flight
+        (``async_update``) is waited for and saved with the step that installs
+        it. With several ranks the state holds this rank's unmerged sums (see
+        :meth:`sync`).
 
         Returns:
             The state dict.
@@ -883,7 +1326,10 @@ class PrototypeManager:
                 "num_labels_seen": self.num_labels_seen,
                 "is_initialized": self.is_initialized,
                 "warned_not_ready": self._warned_not_ready,
+                "last_churn": self.last_churn,
             },
+            "delta": None if self._delta is None else self._delta.labels(),
+            "incoming": self._incoming_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -921,7 +1367,7 @@ class PrototypeManager:
     def _from_state(self, state: dict[str, Any]) -> PrototypeManager:
         """A new manager holding a :meth:`state_dict` (checked field by field)."""
         version = state.get("version")
-        if version not in (1, STATE_VERSION):
+        if version not in (1, 2, STATE_VERSION):
             raise ValueError(f"state: unsupported version {version!r}")
         config = dict(state["config"])
         if version == 1:  # saved before the rule was an option: it ran the "labels" rule
@@ -945,21 +1391,30 @@ class PrototypeManager:
             raise ValueError("state: is_initialized is True but there are no prototypes")
         if not initialized and (cluster_of_id >= 0).any():
             raise ValueError("state: cluster assignments without is_initialized")
+        delta = state.get("delta")
+        if delta is not None:
+            fresh._delta = LabelStore()
+            fresh._delta.intern(check_labels("state.delta", delta))
         pending = state["pending"]
         if pending is not None:
             if not isinstance(pending, dict):
                 raise TypeError(f"state.pending must be a dict or None, got {type(pending)}")
             sums = _state_matrix("pending.sum", pending["sum"], dim=dim)
             counts = _state_ids("pending.count", pending["count"], 0, None)
-            if len(counts) != sums.shape[0] or sums.shape[0] < len(labels):
+            indexed = len(labels) if fresh._delta is None else len(fresh._delta)
+            if len(counts) != sums.shape[0] or sums.shape[0] < indexed:
                 raise ValueError(
                     f"state.pending: {len(counts)} counts and {sums.shape[0]} sum rows for "
-                    f"{len(labels)} labels"
+                    f"{indexed} labels"
                 )
             pending = {"sum": sums, "count": torch.from_numpy(counts)}
         num_batches = check_int("state.counters.num_batches", counters["num_batches"], 0)
         num_updates = check_int("state.counters.num_updates", counters["num_updates"], 0)
         num_seen = check_int("state.counters.num_labels_seen", counters["num_labels_seen"], 0)
+        churn = counters.get("last_churn")
+        if churn is not None:
+            churn = check_weight("state.counters.last_churn", churn)
+        incoming = _incoming_from_state(state.get("incoming"), k, dim, len(labels))
         device = self._target_device()
         if protos is not None:
             fresh.prototypes = protos.to(device)
@@ -977,6 +1432,8 @@ class PrototypeManager:
         fresh.num_labels_seen = num_seen
         fresh.is_initialized = initialized
         fresh._warned_not_ready = warned
+        fresh.last_churn = churn
+        fresh._incoming = incoming
         return fresh
 
     def _from_note_state(self, state: dict[str, Any]) -> PrototypeManager:
@@ -1124,6 +1581,38 @@ def _read_checkpoint(path: str | os.PathLike[str]) -> Any:
         raise ValueError(
             f"{os.fspath(path)!r} is not a readable prototype manager checkpoint: {error}"
         ) from error
+
+
+def _incoming_from_state(state: Any, k: int, dim: int | None, num_labels: int) -> _Incoming | None:
+    """A saved re-clustering in flight, checked (its result, when this rank had one)."""
+    if state is None:
+        return None
+    if not isinstance(state, dict):
+        raise TypeError(f"state.incoming must be a dict or None, got {type(state).__name__}")
+    swap_at = check_int("state.incoming.swap_at", state["swap_at"], 0)
+    ids = _state_ids("incoming.ids", state["ids"], 0, num_labels)
+    incoming = _Incoming(ids, swap_at)
+    result = state["result"]
+    if result is not None:
+        if not isinstance(result, dict):
+            raise TypeError(f"state.incoming.result must be a dict, got {type(result).__name__}")
+        centroids = _state_matrix("incoming.result.centroids", result["centroids"], k, dim)
+        assignments = _state_ids("incoming.result.assignments", result["assignments"], 0, k)
+        if len(assignments) != len(ids):
+            raise ValueError("state.incoming: one assignment per id is needed")
+        churn = result["churn"]
+        if not isinstance(churn, float):
+            raise TypeError(f"state.incoming.result.churn must be a float, got {type(churn)}")
+        incoming.result = _Clustering(
+            centroids.float().numpy(),
+            assignments,
+            float(check_nonnegative("state.incoming.result.inertia", result["inertia"])),
+            check_int("state.incoming.result.n_iter", result["n_iter"], 0),
+            churn,
+            check_bool("state.incoming.result.warm", result["warm"]),
+            float(check_nonnegative("state.incoming.result.seconds", result["seconds"])),
+        )
+    return incoming
 
 
 def _state_ids(name: str, value: Any, low: int, high: int | None) -> np.ndarray:

@@ -273,7 +273,7 @@ def test_resumed_run_reclusters_exactly_like_the_uninterrupted_one(tmp_path, ing
         first.add_labels(*b)
     first.save(tmp_path / "m.pt")
     state = torch.load(tmp_path / "m.pt", weights_only=True)  # no arbitrary unpickling
-    assert state["version"] == 2
+    assert state["version"] == 3
     resumed = PrototypeManager.load(tmp_path / "m.pt")
     for b in batches[7:]:
         resumed.add_labels(*b)
