@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from . import ddp
 from .ablation import run_ablation
 from .config import TrainConfig
 from .loop import SUMMARY_NAME, train
@@ -229,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     if args.ablation:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise SystemExit("--ablation runs in one process; start it without torchrun")
         cfg = dataclasses.replace(cfg, epochs=args.ablation_epochs)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
@@ -236,9 +239,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print((Path(cfg.output_dir) / "ablation.md").read_text(), flush=True)
         logger.info("ablation finished in %.0fs", result["total_seconds"])
         return 0
-    summary = train(cfg)
-    _print_summary(summary)
-    print(f"summary: {Path(cfg.output_dir) / SUMMARY_NAME}", flush=True)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: see protofast.train.ddp
+        cfg = dataclasses.replace(cfg, device=ddp.setup(cfg.device))
+    try:
+        summary = train(cfg)
+    finally:
+        ddp.teardown()
+    if "metrics" in summary:  # rank 0 (or the only process) reports
+        _print_summary(summary)
+        print(f"summary: {Path(cfg.output_dir) / SUMMARY_NAME}", flush=True)
     return 0
 
 

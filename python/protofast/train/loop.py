@@ -30,6 +30,7 @@ import torch
 
 from protofast import InfoNCELoss, PrototypeManager
 
+from . import ddp
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .evaluate import class_embeddings, evaluate, other_activity_target_mass
@@ -99,6 +100,8 @@ def train(
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     device = _resolve_device(cfg.device)
+    ranks = ddp.current()  # several processes (torchrun): see protofast.train.ddp
+    main = ranks is None or ranks.rank == 0
     loaded_here = data is None
     if data is None:
         data = prepare_data(cfg)
@@ -110,6 +113,9 @@ def train(
         in_channels=data.split.train.x.shape[1], embed_dim=data.train_text_emb.shape[1]
     ).to(device)
     head = TextHead(data.train_text_emb.shape[1], cfg.text_head).to(device)
+    net: torch.nn.Module = ddp.Pair(model, head)
+    if ranks is not None:
+        net = torch.nn.parallel.DistributedDataParallel(net)
     params = list(model.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     n_train = len(data.split.train)
@@ -136,6 +142,7 @@ def train(
         prototype_manager=manager,
         hard_targets=cfg.hard_targets,  # type: ignore[arg-type]
         target_embeddings=dict(zip(data.train_texts, text_emb_all.cpu(), strict=True)),
+        gather=ranks is not None,
     ).to(device)
 
     history: dict[str, list[Any]] = {
@@ -164,7 +171,8 @@ def train(
     x_train = data.split.train.x
     train_class_emb = None
 
-    bar = _Progress(progress, total_steps, min(step, total_steps))
+    bar = _Progress(progress and main, total_steps, min(step, total_steps))
+    mine = ddp.share(cfg.batch_size, ranks)
     t_train = time.perf_counter()
     while step < total_steps:
         epoch = step // steps_per_epoch
@@ -179,16 +187,15 @@ def train(
         head.train()
         for b in range(step - epoch * steps_per_epoch, steps_per_epoch):
             sl = slice(b * cfg.batch_size, (b + 1) * cfg.batch_size)
-            idx = order[sl]
-            cls_np = cls_epoch[sl]
-            desc_idx = desc_epoch[sl]
+            idx = order[sl][mine]
+            cls_np = cls_epoch[sl][mine]
+            desc_idx = desc_epoch[sl][mine]
             texts = [data.train_texts[i] for i in desc_idx]
             x = torch.from_numpy(x_train[idx]).to(device)
             frozen = text_emb_all[torch.as_tensor(desc_idx, device=device)]
             if manager is not None:
                 manager.add_labels(texts, frozen)
-            imu = model(x)
-            text = head(frozen)
+            imu, text = net(x, frozen)
             loss, _ = loss_fn(imu, text, texts, return_metrics=False)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -214,6 +221,10 @@ def train(
             bar.step(step, epoch, loss_v, acc)
             if step >= total_steps:
                 break
+        if cfg.checkpoint and ranks is not None and manager is not None:
+            manager.sync()  # every rank's samples in the store: rank 0's file resumes all ranks
+        if not main:
+            continue
         ev = evaluate(
             model,
             head,
@@ -257,6 +268,8 @@ def train(
             )
     bar.close()
     train_s = time.perf_counter() - t_train
+    if not main:
+        return {"rank": ranks.rank if ranks is not None else 0, "steps": step}
 
     final = evaluate(
         model,
