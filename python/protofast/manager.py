@@ -346,22 +346,85 @@ def _cluster(snapshot: _Snapshot, settings: dict[str, Any], renumber: bool) -> _
     )
 
 
+class _Prepared(NamedTuple):
+    """The mappings of a clustering, built off the training thread when it runs in the
+    background (100 000 labels take tens of milliseconds of Python)."""
+
+    table: np.ndarray  # cluster of each store id (-1: not clustered), then a trailing -1
+    label_to_cluster: dict[str, int]
+    cluster_labels: defaultdict[int, list[str]]
+
+
+def _prepare(store: LabelStore, ids: np.ndarray, assignments: np.ndarray) -> _Prepared:
+    """The mappings of clustering ``assignments`` of store ids ``ids``."""
+    all_labels = store.labels()
+    labels = [all_labels[i] for i in ids.tolist()]
+    table = np.full(len(all_labels) + 1, -1, dtype=np.int64)
+    table[ids] = assignments
+    mapping = dict(zip(labels, assignments.tolist(), strict=True))
+    return _Prepared(table, mapping, _members(mapping))
+
+
 class _Incoming:
     """A re-clustering that runs on a worker thread until the step at which it is installed."""
 
-    __slots__ = ("error", "ids", "result", "swap_at", "thread")
+    __slots__ = (
+        "error",
+        "flag",
+        "ids",
+        "prepared",
+        "result",
+        "seen",
+        "swap_at",
+        "thread",
+        "work",
+    )
 
-    def __init__(self, ids: np.ndarray, swap_at: int) -> None:
+    def __init__(self, ids: np.ndarray, swap_at: int | None) -> None:
         self.ids = ids
-        self.swap_at = swap_at  # the add_labels call (num_batches) that installs it
+        # the add_labels call (num_batches) that installs it; None: the first call after it is
+        # done (with several ranks: after rank 0 said so, the same call on every rank)
+        self.swap_at = swap_at
         self.thread: threading.Thread | None = None
         self.result: _Clustering | None = None
+        self.prepared: _Prepared | None = None  # the result's mappings, built by the worker
         self.error: BaseException | None = None
+        # several ranks, swap_at None: rank 0's "done" flag, broadcast at one call and read at
+        # the next (so that waiting for it costs nothing), and the last flag read
+        self.flag: Tensor | None = None
+        self.work: Any = None
+        self.seen = False
 
-    def start(self, work: Callable[[], _Clustering]) -> None:
+    def due(self, calls: int, ctx: Ranks | None) -> bool:
+        """Whether the ``calls``-th :meth:`PrototypeManager.add_labels` installs it."""
+        if self.swap_at is not None:
+            return calls >= self.swap_at
+        if ctx is None:
+            return self.thread is None or not self.thread.is_alive()
+        self.drain()
+        if self.seen:
+            return True
+        done = ctx.rank == 0 and (self.thread is None or not self.thread.is_alive())
+        self.flag = torch.tensor([int(done)], dtype=torch.int64)
+        self.work = _distributed.broadcast_async(self.flag, ctx)
+        return False
+
+    def drain(self) -> None:
+        """Waits for the flag in flight (sent at the last call: already there)."""
+        if self.work is not None:
+            self.work.wait()
+            self.work = None
+            assert self.flag is not None
+            self.seen = bool(self.flag[0])
+
+    def start(
+        self, work: Callable[[], _Clustering], prepare: Callable[[_Clustering], _Prepared]
+    ) -> None:
         def run() -> None:
             try:
-                self.result = work()
+                result = work()
+                self.prepared = prepare(result)
+                self.result = result
             except BaseException as error:  # re-raised by wait() on the training thread
                 self.error = error
 
@@ -430,14 +493,17 @@ class PrototypeManager:
             cluster changed) is reported either way (``get_statistics()``).
         async_update: Re-cluster on a worker thread (the core holds no GIL):
             steps keep the previous prototypes until the new ones are
-            installed, ``swap_after`` :meth:`add_labels` calls after the
-            re-clustering started (waiting there if it is not done), so the
-            swap happens at the same step in every run and on every rank.
-            For the same data the clusters equal those of the synchronous
-            path.
-        swap_after: :meth:`add_labels` calls between the start of a
-            background re-clustering and its installation; ``None``:
-            ``max(1, update_interval // 2)``.
+            installed at the start of an :meth:`add_labels` call, at the same
+            call on every rank (see ``swap_after``). For the same data the
+            clusters equal those of the synchronous path; a checkpoint taken
+            while one runs waits for it and resumes exactly.
+        swap_after: When a background re-clustering is installed. ``None``
+            (default): at the first :meth:`add_labels` call after it is done
+            (with several ranks: the call after rank 0 announced it, so no
+            rank waits); steps never stall, but the step depends on timing.
+            ``N``: exactly ``N`` calls after it started, waiting there if it
+            is not done: the same step in every run. A re-clustering still
+            running at the next trigger is waited for first.
         distributed: Whether the ranks of a torch.distributed job share one
             store and one clustering. ``None`` (default): yes whenever a
             process group with more than one rank is initialised at the
@@ -627,7 +693,7 @@ class PrototypeManager:
                 check_labels("label_texts", labels)  # a message that names label_texts' item
                 raise
             self.num_batches += 1
-            if self._incoming is not None and self.num_batches >= self._incoming.swap_at:
+            if self._incoming is not None and self._incoming.due(self.num_batches, ctx):
                 self._swap_in()
             if self.num_batches % self.update_interval != 0:
                 return
@@ -635,7 +701,7 @@ class PrototypeManager:
                 self._merge(ctx)
             ready, unique, total = self._readiness()
             if ready:
-                self._recluster(ctx)
+                self._recluster(ctx, trigger=True)
             elif not self._warned_not_ready:
                 self._warned_not_ready = True
                 self._log_not_ready(unique, total)
@@ -852,7 +918,9 @@ class PrototypeManager:
         if self._delta is None:
             self._pending.flush(self.store)
         ids = np.flatnonzero(self.store.counts() > 0)
-        means = self.store.means()[ids]
+        means = self.store.means()
+        if len(ids) != len(means):  # skip the copy when every label has samples
+            means = means[ids]
         previous = self._host_clusters(ids) if self.is_initialized else None
         init = None
         if (
@@ -863,10 +931,15 @@ class PrototypeManager:
             init = self.prototypes.detach().cpu().float().numpy()
         return _Snapshot(ids, means, previous, init)
 
-    def _recluster(self, ctx: Ranks | None) -> None:
+    def _recluster(self, ctx: Ranks | None, *, trigger: bool = False) -> None:
         """Re-clusters now, or starts a background re-clustering (``async_update``); with
-        several ranks rank 0 clusters and every rank installs its broadcast result."""
-        if self._incoming is not None:  # the previous one goes in first
+        several ranks rank 0 clusters and every rank installs its broadcast result. A periodic
+        ``trigger`` that comes while a background re-clustering runs starts none (no step waits
+        for it; the next trigger after it is installed clusters the data then merged); a direct
+        call installs it first."""
+        if self._incoming is not None:
+            if trigger:
+                return
             self._swap_in()
         snapshot = self._snapshot()
         settings, renumber = self._settings(), self.renumber
@@ -876,10 +949,11 @@ class PrototypeManager:
 
         computes = ctx is None or ctx.rank == 0
         if self.async_update:
-            delay = self.swap_after or max(1, self.update_interval // 2)
-            incoming = _Incoming(snapshot.ids, self.num_batches + delay)
+            swap_at = None if self.swap_after is None else self.num_batches + self.swap_after
+            incoming = _Incoming(snapshot.ids, swap_at)
             if computes:
-                incoming.start(work)
+                store, ids = self.store, snapshot.ids
+                incoming.start(work, lambda result: _prepare(store, ids, result.assignments))
             self._incoming = incoming
             return
         result, problem = None, None
@@ -897,6 +971,7 @@ class PrototypeManager:
         incoming, ctx = self._incoming, self._ctx
         assert incoming is not None
         self._incoming = None
+        incoming.drain()
         result, problem = None, None
         try:
             result = incoming.wait()
@@ -910,7 +985,8 @@ class PrototypeManager:
                 "without its result; it is dropped and the next one replaces it"
             )
             return
-        self._install(incoming.ids, self._share(result, problem, len(incoming.ids), ctx))
+        shared = self._share(result, problem, len(incoming.ids), ctx)
+        self._install(incoming.ids, shared, incoming.prepared if result is not None else None)
 
     def _share(
         self,
@@ -952,23 +1028,28 @@ class PrototypeManager:
             float(meta[4]),
         )
 
-    def _install(self, ids: np.ndarray, result: _Clustering) -> None:
-        """Makes ``result`` (a clustering of store ids ``ids``) the current prototypes."""
-        all_labels = self.store.labels()
-        labels = [all_labels[i] for i in ids.tolist()]
+    def _install(
+        self, ids: np.ndarray, result: _Clustering, prepared: _Prepared | None = None
+    ) -> None:
+        """Makes ``result`` (a clustering of store ids ``ids``) the current prototypes, with its
+        mappings when they were built already."""
+        if prepared is None:
+            prepared = _prepare(self.store, ids, result.assignments)
+        table = prepared.table
+        grown = len(self.store) + 1 - len(table)  # labels interned since it was built
+        if grown > 0:
+            table = np.concatenate([table, np.full(grown, -1, dtype=np.int64)])
         device = self.device if self.device is not None else torch.device("cpu")
         self.prototypes = torch.from_numpy(np.ascontiguousarray(result.centroids)).to(device)
-        table = np.full(len(all_labels) + 1, -1, dtype=np.int64)
-        table[ids] = result.assignments
         self._cluster_table = table
-        self.label_to_cluster = dict(zip(labels, result.assignments.tolist(), strict=True))
-        self.cluster_labels = _members(self.label_to_cluster)
+        self.label_to_cluster = prepared.label_to_cluster
+        self.cluster_labels = prepared.cluster_labels
         self.num_updates += 1
-        self.num_labels_seen = len(labels)
+        self.num_labels_seen = len(ids)
         self.is_initialized = True
         self.last_churn = None if np.isnan(result.churn) else result.churn
         self.last_clustering = ClusteringReport(
-            len(labels), result.inertia, result.n_iter, result.warm, self.last_churn, result.seconds
+            len(ids), result.inertia, result.n_iter, result.warm, self.last_churn, result.seconds
         )
         self._log_update(result.inertia)
 
@@ -1267,9 +1348,11 @@ class PrototypeManager:
         incoming = self._incoming
         if incoming is None:
             return None
+        incoming.drain()
         result = incoming.wait()
         return {
             "swap_at": incoming.swap_at,
+            "seen": incoming.seen,
             "ids": torch.from_numpy(incoming.ids.astype(np.int64)),
             "result": None
             if result is None
@@ -1589,9 +1672,12 @@ def _incoming_from_state(state: Any, k: int, dim: int | None, num_labels: int) -
         return None
     if not isinstance(state, dict):
         raise TypeError(f"state.incoming must be a dict or None, got {type(state).__name__}")
-    swap_at = check_int("state.incoming.swap_at", state["swap_at"], 0)
+    swap_at = state["swap_at"]
+    if swap_at is not None:
+        swap_at = check_int("state.incoming.swap_at", swap_at, 0)
     ids = _state_ids("incoming.ids", state["ids"], 0, num_labels)
     incoming = _Incoming(ids, swap_at)
+    incoming.seen = check_bool("state.incoming.seen", state.get("seen", False))
     result = state["result"]
     if result is not None:
         if not isinstance(result, dict):

@@ -112,6 +112,18 @@ def test_async_installs_the_sync_clusters_at_the_same_step_on_every_rank() -> No
     assert results[0]["async_at_7"]["prototypes"] == results[1]["async_at_7"]["prototypes"]
 
 
+def test_async_when_ready_swaps_at_one_step_everywhere_and_resumes_exactly() -> None:
+    results = run(scenarios.async_when_ready, 2)
+    assert results[0]["installed_at"] == results[1]["installed_at"]
+    assert 6 <= results[0]["installed_at"] <= 10  # the call after the one that saw it done
+    for result in results:
+        for key in ("prototypes", "label_to_cluster"):
+            assert result["installed"][key] == result["reference"][key]
+        for key in SHARED:
+            assert result["resumed"][key] == result["final"][key], key
+        assert result["resumed"]["num_updates"] == result["final"]["num_updates"] >= 4
+
+
 def test_a_bad_batch_on_one_rank_stops_every_rank_with_a_clear_error() -> None:
     results = run(scenarios.bad_batches, 2, timeout=90)
     assert results[1]["loss"].startswith("ValueError: label_texts has 7 entries")
@@ -211,6 +223,32 @@ def test_async_in_one_process_equals_sync_and_checkpoints_resume() -> None:
     assert torch.equal(resumed.prototypes, background.prototypes)
     assert resumed.label_to_cluster == background.label_to_cluster
     assert resumed.num_updates == background.num_updates
+
+
+def test_async_when_ready_in_one_process_never_waits_and_resumes_exactly() -> None:
+    vectors = label_vectors(40)
+    names = sorted(vectors)
+
+    def data(step: int) -> tuple[list[str], torch.Tensor]:
+        rng = np.random.default_rng(step)
+        return batch(vectors, [names[i] for i in rng.integers(0, 40, 8)], seed=step)
+
+    sync, background = manager(), manager(async_update=True)
+    for step in range(1, 6):
+        sync.add_labels(*data(step))
+        background.add_labels(*data(step))
+    saved = background.state_dict()  # waits for the re-clustering started at call 5
+    background.add_labels(*data(6))  # done: installed at this call
+    assert torch.equal(background.prototypes, sync.prototypes)
+    resumed = manager(async_update=True)
+    resumed.load_state_dict(saved)
+    resumed.add_labels(*data(6))
+    assert torch.equal(resumed.prototypes, background.prototypes)
+    for step in range(7, 21):
+        background.add_labels(*data(step))
+        resumed.add_labels(*data(step))
+    assert resumed.num_updates == background.num_updates
+    assert resumed.label_to_cluster == background.label_to_cluster
 
 
 def test_distributed_true_without_a_process_group_is_an_error_that_changes_nothing() -> None:
