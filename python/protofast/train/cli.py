@@ -235,11 +235,15 @@ def _setup_logging() -> None:
 
 def _print_summary(s: dict[str, Any]) -> None:
     m = s["metrics"]
+    if s["config"].get("dataset", "hapt") == "hapt":
+        held = f"held-out people {s['test_people']}"
+    else:
+        held = f"{len(s['test_people'])} held-out TEST recordings"
     lines = [
         "",
         "=== protofast-train summary ===",
-        f"windows: {s['n_train_windows']} train / {s['n_test_windows']} test "
-        f"(held-out people {s['test_people']}), {len(s['activities'])} activities",
+        f"windows: {s['n_train_windows']} train / {s['n_test_windows']} test ({held}), "
+        f"{len(s['activities'])} activities",
         f"label texts: {s['n_train_texts']} training / {s['n_heldout_texts']} held-out",
         f"steps: {s['steps']} ({s['epochs_completed']} epochs), final train loss "
         f"{s['final_train_loss']:.4f}"
