@@ -50,6 +50,7 @@ def test_settings_cover_the_note_and_the_candidates() -> None:
 def test_ablation_smoke_both_datasets_and_regimes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    monkeypatch.setenv("PROTOFAST_CACHE", str(tmp_path / "cache"))  # cold: embeds every text
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     out = tmp_path / "abl"
