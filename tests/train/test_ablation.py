@@ -96,3 +96,15 @@ def test_ablation_smoke_both_datasets_and_regimes(
     assert main(args) == 0
     again = json.loads((out / "ablation.json").read_text())
     assert again["runs"] == result["runs"]
+
+
+def test_tuning_settings_follow_the_notes_advice() -> None:
+    tuning = dict(ablation_settings(tuning=True))
+    assert list(tuning)[0] == "hard"
+    assert tuning["prototypes (note) k=12"]["num_clusters"] == 12
+    assert tuning["prototypes (sensor) k=12"]["prototype_form"] == "sensor"
+    hybrid = tuning["hybrid (note) p_proto=0.3"]
+    assert hybrid["use_soft_targets"] and hybrid["use_prototypes"]
+    assert hybrid["prototype_weight"] == 0.3
+    assert tuning["prototypes (note) w_soft=0.25"]["soft_target_weight"] == 0.25
+    assert not set(tuning) - {"hard"} & {n for n, _ in ablation_settings()}

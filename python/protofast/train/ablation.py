@@ -36,6 +36,7 @@ from .prepare import DATASETS, LABEL_TEXTS, prepare_data
 __all__ = [
     "ABLATION_EPOCHS",
     "METRICS",
+    "ablation_markdown",
     "ablation_settings",
     "compare",
     "run_ablation",
@@ -108,18 +109,40 @@ def compare(a: Sequence[float], b: Sequence[float]) -> dict[str, float | bool]:
     return {"diff": diff, "t": t, "df": df, "exceeds": bool(abs(t) > t_critical(df))}
 
 
-def ablation_settings() -> list[tuple[str, dict[str, Any]]]:
+def ablation_settings(tuning: bool = False) -> list[tuple[str, dict[str, Any]]]:
     """The settings compared by ``--ablation`` (in every data set and label regime).
+
+    Args:
+        tuning: Instead of the main settings, the design note's own tuning advice for
+            prototypes (``--ablation-tuning``): as many clusters as activities (12 on HAPT) for
+            the note's and the sensor form, hybrid mode with ``prototype_weight=0.3`` (the
+            note's "try hybrid mode (PROTOTYPE_WEIGHT=0.3)"), and prototypes at a lower soft
+            weight (0.25); hard targets stay as the reference.
 
     Returns:
         ``[(name, overrides of TrainConfig)]``: hard, label-aware hard, pairwise (the note's
         soft-target temperature 0.5, and 0.25), the note's prototypes alone and in hybrid mode,
-        and the candidate forms ``sensor`` and ``pcl`` alone.
+        and the candidate forms ``sensor`` and ``pcl`` alone; or hard and the tuning settings.
     """
     off = {"use_soft_targets": False, "use_prototypes": False}
     proto = {"use_soft_targets": False, "use_prototypes": True}
+    hard = ("hard", {**off, "hard_targets": "identity"})
+    if tuning:
+        return [
+            hard,
+            ("prototypes (note) k=12", {**proto, "prototype_form": "note", "num_clusters": 12}),
+            (
+                "prototypes (sensor) k=12",
+                {**proto, "prototype_form": "sensor", "num_clusters": 12},
+            ),
+            (
+                "hybrid (note) p_proto=0.3",
+                {"use_soft_targets": True, "use_prototypes": True, "prototype_weight": 0.3},
+            ),
+            ("prototypes (note) w_soft=0.25", {**proto, "soft_target_weight": 0.25}),
+        ]
     return [
-        ("hard", {**off, "hard_targets": "identity"}),
+        hard,
         ("label-aware hard", {**off, "hard_targets": "label"}),
         ("pairwise", {"use_soft_targets": True, "use_prototypes": False}),
         (
@@ -162,6 +185,7 @@ def run_ablation(
     label_regimes: Sequence[str] = LABEL_TEXTS,
     epochs: dict[str, int] | None = None,
     settings: Sequence[str] | None = None,
+    tuning: bool = False,
 ) -> dict[str, Any]:
     """Run every setting for every seed, data set and label regime; write the results.
 
@@ -174,6 +198,8 @@ def run_ablation(
         epochs: Epochs per data set (default :data:`ABLATION_EPOCHS`).
         settings: Names of :func:`ablation_settings` to run (default: all; ``"hard"`` is always
             run, as the reference).
+        tuning: Run the note's tuning settings (``ablation_settings(tuning=True)``) instead of
+            the main ones.
 
     Returns:
         The content of ``ablation.json``: ``base_config``, ``seeds``, ``epochs``, ``cells``
@@ -189,7 +215,7 @@ def run_ablation(
     for r in label_regimes:
         if r not in LABEL_TEXTS:
             raise ValueError(f"unknown label regime {r!r}")
-    chosen = ablation_settings()
+    chosen = ablation_settings(tuning)
     if settings is not None:
         known = {name for name, _ in chosen}
         unknown = [s for s in settings if s not in known]

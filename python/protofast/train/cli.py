@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ablation-epochs",
         type=int,
         default=None,
-        help="epochs per ablation run on every data set (default: "
+        help="epochs per ablation run on every data set (None: "
         + ", ".join(f"{k} {v}" for k, v in ABLATION_EPOCHS.items())
         + ")",
     )
@@ -204,11 +204,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--ablation-settings",
         nargs="+",
-        choices=[name for name, _ in ablation_settings()],
+        choices=[name for t in (False, True) for name, _ in ablation_settings(t)],
         default=None,
         metavar="SETTING",
         help="settings of the ablation (default: all; hard is always run): "
         + ", ".join(repr(name) for name, _ in ablation_settings()),
+    )
+    g.add_argument(
+        "--ablation-tuning",
+        action="store_true",
+        help="run the design note's tuning advice for prototypes instead of the main settings: "
+        + ", ".join(repr(name) for name, _ in ablation_settings(True)[1:]),
     )
     return p
 
@@ -304,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             label_regimes=args.ablation_labels,
             epochs=epochs,
             settings=args.ablation_settings,
+            tuning=args.ablation_tuning,
         )
         print((Path(cfg.output_dir) / "ablation.md").read_text(), flush=True)
         logger.info("ablation finished in %.0fs", result["total_seconds"])
