@@ -82,9 +82,11 @@ def test_ablation_smoke_both_datasets_and_regimes(
             assert cell["n_train_texts"] >= 200
     for run in result["runs"]:
         assert run["steps"] == 2
+        assert [e["epoch"] for e in run["epoch_eval"]] == [1]
         assert 0.0 <= run["acc_train_texts"] <= 1.0
     md = (out / "ablation.md").read_text()
-    assert md.count("\n## ") == 4
+    assert md.count("\n## ") == 5  # four cells and the convergence section
+    assert "## Convergence" in md and "| prototypes (sensor) | " in md.split("## Convergence")[1]
     assert "| prototypes (sensor) |" in md
     assert "## basicmotions, captions" in printed
 

@@ -263,6 +263,10 @@ def run_ablation(
                         "seed": seed,
                         "overrides": overrides,
                         "steps": s["steps"],
+                        "epoch_eval": [
+                            {k: e[k] for k in ("epoch", "acc_train_texts", "acc_heldout_texts")}
+                            for e in s.get("epoch_eval", [])
+                        ],
                         "other_activity_target_mass": s["other_activity_target_mass"],
                         "seconds": time.perf_counter() - t_run,
                     }
@@ -360,6 +364,48 @@ def _delta(c: dict[str, Any] | None) -> str:
     return f"{100.0 * float(c['diff']):+.1f}{mark}"
 
 
+def _convergence_markdown(result: dict[str, Any]) -> list[str]:
+    """Mean test accuracy after selected epochs, per cell and setting (from ``epoch_eval``)."""
+    runs = [r for r in result["runs"] if r.get("epoch_eval")]
+    if not runs:
+        return []
+    lines = [
+        "",
+        "## Convergence",
+        "",
+        "Mean zero-shot test accuracy over seeds after selected epochs (training texts / "
+        "held-out texts, %): the note says prototypes may improve convergence.",
+    ]
+    for cell in result["cells"]:
+        sel = [
+            r
+            for r in runs
+            if r["dataset"] == cell["dataset"] and r["label_texts"] == cell["label_texts"]
+        ]
+        if not sel:
+            continue
+        n_ep = min(len(r["epoch_eval"]) for r in sel)
+        epochs = sorted({1, max(1, n_ep // 4), max(1, n_ep // 2), max(1, 3 * n_ep // 4), n_ep})
+        lines += [
+            "",
+            f"### {cell['dataset']}, {cell['label_texts']}",
+            "",
+            "| setting | " + " | ".join(f"epoch {e}" for e in epochs) + " |",
+            "|---|" + "---|" * len(epochs),
+        ]
+        for row in cell["rows"]:
+            mine = [r for r in sel if r["setting"] == row["setting"]]
+            if not mine:
+                continue
+            cols = []
+            for e in epochs:
+                a = np.mean([r["epoch_eval"][e - 1]["acc_train_texts"] for r in mine])
+                h = np.mean([r["epoch_eval"][e - 1]["acc_heldout_texts"] for r in mine])
+                cols.append(f"{100 * a:.1f} / {100 * h:.1f}")
+            lines.append(f"| {row['setting']} | " + " | ".join(cols) + " |")
+    return lines
+
+
 def ablation_markdown(result: dict[str, Any], base: TrainConfig) -> str:
     """The markdown report of an ablation (one table per data set and label regime).
 
@@ -412,6 +458,7 @@ def ablation_markdown(result: dict[str, Any], base: TrainConfig) -> str:
                 f"| {_delta(vs.get('recall@1_train_texts'))} "
                 f"| {r['seconds'][0]:.0f} |"
             )
+    lines += _convergence_markdown(result)
     lines += [
         "",
         "acc/macro-F1: zero-shot classification of the test windows (held-out people for "

@@ -309,6 +309,7 @@ def train(
         "per_class_f1_heldout_texts": dict(
             zip(data.class_names, final["per_class_f1_heldout_texts"], strict=True)
         ),
+        "epoch_eval": history["epoch_eval"],
         "timings_s": {**data.timings, "train_s": train_s},
     }
     if manager is not None:
