@@ -91,7 +91,7 @@ bench-full: develop ## Benchmarks at every size of the issue (long)
 train: develop ## Set up and run the main job: train an IMU encoder on real data
 	$(VENV)/bin/protofast-train --output-dir runs/train
 
-ablation: develop ## The ablation: target settings x HAPT/BasicMotions x descriptions/captions, 5 seeds (~20-30 min; not in CI)
+ablation: develop ## The ablation: target settings x HAPT/BasicMotions x descriptions/captions, 5 seeds (12-24 min on 2 cores; not in CI)
 	$(VENV)/bin/protofast-train --ablation --output-dir runs/ablation
 
 clean: ## Remove build outputs and the venv
