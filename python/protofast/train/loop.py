@@ -37,6 +37,7 @@ from .evaluate import class_embeddings, evaluate, other_activity_target_mass
 from .figures import prototypes_ready, write_figures
 from .model import IMUEncoder
 from .prepare import PreparedData, prepare_data
+from .prototypes import make_prototypes
 from .text_head import TextHead
 
 __all__ = ["PROGRESS_LOG_INTERVAL_S", "SUMMARY_NAME", "jsonable", "train"]
@@ -130,8 +131,21 @@ def train(
         optimizer, _lr_lambda(schedule_steps, max(1, schedule_steps // 20))
     )
 
-    manager = _make_manager(cfg, device) if cfg.use_prototypes else None
     text_emb_all = torch.from_numpy(data.train_text_emb).to(device)
+    manager = (
+        make_prototypes(
+            cfg.prototype_form,
+            num_clusters=cfg.num_clusters,
+            update_interval=cfg.update_interval,
+            seed=cfg.seed,
+            device=device,
+            label_embeddings=dict(zip(data.train_texts, text_emb_all.cpu(), strict=True)),
+        )
+        if cfg.use_prototypes
+        else None
+    )
+    # the sensor form clusters the IMU embeddings: it is fed after the forward pass
+    sensor_fed = manager is not None and cfg.prototype_form == "sensor"
     loss_fn = InfoNCELoss(
         temperature=cfg.temperature,
         use_soft_targets=cfg.use_soft_targets,
@@ -193,9 +207,11 @@ def train(
             texts = [data.train_texts[i] for i in desc_idx]
             x = torch.from_numpy(x_train[idx]).to(device)
             frozen = text_emb_all[torch.as_tensor(desc_idx, device=device)]
-            if manager is not None:
+            if manager is not None and not sensor_fed:
                 manager.add_labels(texts, frozen)
             imu, text = net(x, frozen)
+            if sensor_fed and manager is not None:
+                manager.add_labels(texts, imu.detach())
             loss, _ = loss_fn(imu, text, texts, return_metrics=False)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -282,7 +298,7 @@ def train(
         seed=cfg.seed,
     )
     mass_values = [m for _, m in history["other_mass"]]
-    fig_manager = manager
+    fig_manager = manager if isinstance(manager, PrototypeManager) else None
     if cfg.figures and (fig_manager is None or not prototypes_ready(fig_manager)):
         fig_manager = _fit_figure_manager(cfg, data, device)
     summary: dict[str, Any] = {
@@ -306,10 +322,12 @@ def train(
         "per_class_f1_heldout_texts": dict(
             zip(data.class_names, final["per_class_f1_heldout_texts"], strict=True)
         ),
+        "epoch_eval": history["epoch_eval"],
         "timings_s": {**data.timings, "train_s": train_s},
     }
     if manager is not None:
         summary["prototypes"] = {
+            "form": cfg.prototype_form,
             "num_updates": int(getattr(manager, "num_updates", 0)),
             "cluster_labels": jsonable(getattr(manager, "cluster_labels", {})),
         }

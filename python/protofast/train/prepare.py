@@ -1,4 +1,8 @@
-"""Data of a training run: HAPT windows, label texts and their frozen embeddings.
+"""Data of a training run: IMU windows, label texts and their frozen embeddings.
+
+The windows come from UCI HAPT (``--dataset hapt``) or UEA BasicMotions (``--dataset
+basicmotions``); the label texts are natural descriptions (``--label-texts descriptions``) or
+composed captions (``--label-texts captions``, :mod:`protofast.train.data.captions`).
 
 Every activity has a list of *training* descriptions and a disjoint list of *held-out*
 descriptions (:mod:`protofast.train.data.descriptions`); both are embedded once with the frozen text
@@ -14,11 +18,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import TrainConfig
-from .data.descriptions import ActivityDescriptions, descriptions_for
+from .data.basicmotions import BASICMOTIONS_ACTIVITIES, load_basicmotions
+from .data.captions import CAPTION_SIZES, compose_captions
+from .data.descriptions import BASICMOTIONS_DESCRIPTIONS, ActivityDescriptions, descriptions_for
 from .data.hapt import ACTIVITY_NAMES, HaptSplit, load_hapt
 from .text import embed_texts
 
-__all__ = ["PreparedData", "prepare_data"]
+__all__ = ["DATASETS", "LABEL_TEXTS", "PreparedData", "prepare_data"]
+
+#: The data sets of ``--dataset``.
+DATASETS: tuple[str, ...] = ("hapt", "basicmotions")
+#: The label-text regimes of ``--label-texts``.
+LABEL_TEXTS: tuple[str, ...] = ("descriptions", "captions")
 
 logger = logging.getLogger("protofast")
 
@@ -28,7 +39,8 @@ class PreparedData:
     """Windows, label texts and their frozen embeddings.
 
     Attributes:
-        split: Normalised HAPT windows split by person.
+        split: Normalised windows split by person (HAPT) or by the archive's split
+            (BasicMotions).
         activities: Activity ids, in class-index order.
         descriptions: ``{activity id: ActivityDescriptions}``.
         train_texts: All training descriptions.
@@ -40,6 +52,8 @@ class PreparedData:
         y_train: Class index of each training window.
         y_test: Class index of each test window.
         timings: Seconds spent loading data and embedding texts.
+        dataset: ``"hapt"`` or ``"basicmotions"``.
+        label_kind: ``"descriptions"`` or ``"captions"``.
     """
 
     split: HaptSplit
@@ -54,31 +68,48 @@ class PreparedData:
     y_train: np.ndarray
     y_test: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+    dataset: str = "hapt"
+    label_kind: str = "descriptions"
 
     @property
     def class_names(self) -> list[str]:
         """Activity names in class-index order."""
-        return [ACTIVITY_NAMES[a] for a in self.activities]
+        names = BASICMOTIONS_ACTIVITIES if self.dataset == "basicmotions" else ACTIVITY_NAMES
+        return [names[a] for a in self.activities]
 
 
 def prepare_data(cfg: TrainConfig) -> PreparedData:
-    """Load HAPT, build the label texts and embed them (cached on disk).
+    """Load the data set, build the label texts and embed them (cached on disk).
 
     Args:
-        cfg: Run settings (``data_path``, ``include_transitions``, ``text_model``).
+        cfg: Run settings (``dataset``, ``label_texts``, ``data_path``,
+            ``include_transitions`` (HAPT only), ``text_model``).
 
     Returns:
         The prepared data.
 
     Raises:
-        FileNotFoundError: If the HAPT data is not installed.
+        FileNotFoundError: If the data set is not installed.
+        ValueError: On an unknown ``dataset`` or ``label_texts``.
         protofast.train.text.TextEncoderUnavailable: If the text encoder is missing.
     """
+    if cfg.dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {cfg.dataset!r}")
+    if cfg.label_texts not in LABEL_TEXTS:
+        raise ValueError(f"label_texts must be one of {LABEL_TEXTS}, got {cfg.label_texts!r}")
     t0 = time.perf_counter()
-    split = load_hapt(cfg.data_path, include_transitions=cfg.include_transitions)
+    if cfg.dataset == "hapt":
+        split = load_hapt(cfg.data_path, include_transitions=cfg.include_transitions)
+        table = None
+    else:
+        split = load_basicmotions(cfg.data_path)
+        table = BASICMOTIONS_DESCRIPTIONS
     t_data = time.perf_counter() - t0
     activities = list(split.activities)
-    descs = descriptions_for(activities)
+    descs = descriptions_for(activities, table)
+    if cfg.label_texts == "captions":
+        n_train, n_held = CAPTION_SIZES[cfg.dataset]
+        descs = compose_captions(descs, per_activity=n_train, heldout_per_activity=n_held)
     class_of = {a: i for i, a in enumerate(activities)}
     train_texts = [t for a in activities for t in descs[a].train]
     train_cls = np.array([class_of[a] for a in activities for _ in descs[a].train])
@@ -102,16 +133,20 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
         y_train=lookup(split.train.y),
         y_test=lookup(split.test.y),
         timings={"data_s": t_data, "text_s": t_text},
+        dataset=cfg.dataset,
+        label_kind=cfg.label_texts,
     )
     logger.info(
-        "HAPT: %d train / %d test windows (%d activities, test people %s); "
-        "%d training + %d held-out label texts (data %.1fs, text %.1fs)",
+        "%s: %d train / %d test windows (%d activities, test people/recordings %s); "
+        "%d training + %d held-out label texts (%s; data %.1fs, text %.1fs)",
+        "HAPT" if cfg.dataset == "hapt" else "BasicMotions",
         len(split.train),
         len(split.test),
         len(activities),
         split.test_people,
         len(train_texts),
         len(held_texts),
+        cfg.label_texts,
         t_data,
         t_text,
     )

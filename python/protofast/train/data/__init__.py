@@ -1,7 +1,19 @@
-"""Real IMU data for protofast's training job (UCI HAPT, shipped inside a PyPI package)."""
+"""Real IMU data for protofast's training job (UCI HAPT and UEA BasicMotions, shipped inside
+PyPI packages), and the label texts (descriptions and composed captions)."""
 
 from ..cache import cache_dir
+from .basicmotions import (
+    BASICMOTIONS_ACTIVITIES,
+    TsData,
+    find_basicmotions_dir,
+    load_basicmotions,
+    parse_ts,
+    read_ts,
+    window_series,
+)
+from .captions import CAPTION_SIZES, compose_captions
 from .descriptions import (
+    BASICMOTIONS_DESCRIPTIONS,
     DESCRIPTIONS,
     ActivityDescriptions,
     all_texts,
@@ -29,6 +41,16 @@ from .hapt import (
 
 __all__ = [
     "ACTIVITY_NAMES",
+    "BASICMOTIONS_ACTIVITIES",
+    "BASICMOTIONS_DESCRIPTIONS",
+    "CAPTION_SIZES",
+    "TsData",
+    "compose_captions",
+    "find_basicmotions_dir",
+    "load_basicmotions",
+    "parse_ts",
+    "read_ts",
+    "window_series",
     "CHANNELS",
     "DESCRIPTIONS",
     "TEST_PEOPLE",

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = [
+    "BASICMOTIONS_DESCRIPTIONS",
     "DESCRIPTIONS",
     "ActivityDescriptions",
     "all_texts",
@@ -204,11 +205,76 @@ DESCRIPTIONS: dict[int, ActivityDescriptions] = {
 }
 
 
-def descriptions_for(activities: Iterable[int]) -> dict[int, ActivityDescriptions]:
+#: Descriptions of the four UEA BasicMotions activities (ids of
+#: :data:`protofast.train.data.basicmotions.BASICMOTIONS_ACTIVITIES`), written like HAPT's:
+#: six training and two held-out descriptions each.
+BASICMOTIONS_DESCRIPTIONS: dict[int, ActivityDescriptions] = {
+    d.activity: d
+    for d in (
+        ActivityDescriptions(
+            1,
+            "standing",
+            train=(
+                "standing",
+                "standing still",
+                "standing upright",
+                "standing in place",
+                "resting on one's feet",
+                "standing without moving",
+            ),
+            heldout=("remaining upright on both feet", "waiting while standing"),
+        ),
+        ActivityDescriptions(
+            2,
+            "walking",
+            train=(
+                "walking",
+                "walking at a normal pace",
+                "strolling",
+                "a person walking on level ground",
+                "taking a walk",
+                "walking along a path",
+            ),
+            heldout=("walking at a leisurely pace", "going for a stroll"),
+        ),
+        ActivityDescriptions(
+            3,
+            "running",
+            train=(
+                "running",
+                "jogging",
+                "running at a steady pace",
+                "a person running",
+                "going for a run",
+                "sprinting",
+            ),
+            heldout=("running along a track", "jogging at a quick pace"),
+        ),
+        ActivityDescriptions(
+            4,
+            "badminton",
+            train=(
+                "playing badminton",
+                "a game of badminton",
+                "hitting a shuttlecock with a racket",
+                "swinging a badminton racket",
+                "playing a racket sport",
+                "smashing a shuttlecock over the net",
+            ),
+            heldout=("a badminton rally", "returning a shuttlecock"),
+        ),
+    )
+}
+
+
+def descriptions_for(
+    activities: Iterable[int], table: dict[int, ActivityDescriptions] | None = None
+) -> dict[int, ActivityDescriptions]:
     """Return the descriptions of the given activities.
 
     Args:
-        activities: HAPT activity ids.
+        activities: Activity ids.
+        table: The data set's descriptions (default: HAPT's, :data:`DESCRIPTIONS`).
 
     Returns:
         ``{activity id: ActivityDescriptions}`` in the given order.
@@ -216,11 +282,12 @@ def descriptions_for(activities: Iterable[int]) -> dict[int, ActivityDescription
     Raises:
         KeyError: If an activity has no descriptions.
     """
+    table = DESCRIPTIONS if table is None else table
     out: dict[int, ActivityDescriptions] = {}
     for a in activities:
-        if a not in DESCRIPTIONS:
+        if a not in table:
             raise KeyError(f"no descriptions for activity {a}")
-        out[a] = DESCRIPTIONS[a]
+        out[a] = table[a]
     return out
 
 
