@@ -79,6 +79,8 @@ bench: develop ## The benchmarks of benches/RESULTS.md (~30 min): markdown table
 	$(BENCH_PY) benches/bench_kmeans.py --sizes 50x384x5,1000x384x20,10000x384x100 --repeats 5 --json-name kmeans_small
 	$(BENCH_PY) benches/bench_kmeans.py --sizes 100000x384x256 --repeats 3 --tools protofast,sklearn-lloyd,faiss,numpy --no-e2e --json-name kmeans_100k
 	$(BENCH_PY) benches/bench_kmeans.py --sizes 10000x384x100,100000x384x256 --noise 1.0 --repeats 3 --tools protofast,sklearn-lloyd,faiss --no-e2e --no-init --json-name kmeans_clustered
+	$(BENCH_PY) benches/bench_kmeans.py --sizes 10000x384x100,100000x384x256 --short-runs 3,5,20 --no-fixed --no-e2e --no-init --tools protofast,sklearn-lloyd,faiss --repeats 3 --json-name kmeans_short
+	$(BENCH_PY) benches/bench_kmeans.py --sizes 10000x384x100,100000x384x256 --noise 1.0 --short-runs 3,5,20 --no-fixed --no-e2e --no-init --tools protofast,sklearn-lloyd,faiss --repeats 3 --json-name kmeans_short_clustered
 	$(BENCH_PY) benches/bench_lookup.py --quick
 	$(BENCH_PY) benches/bench_step.py --quick --interleave
 	$(BENCH_PY) benches/bench_memory.py --quick
@@ -87,6 +89,7 @@ bench: develop ## The benchmarks of benches/RESULTS.md (~30 min): markdown table
 bench-full: develop ## Benchmarks at every size of the issue (long)
 	$(PIP) install -q $(BENCH_REQS)
 	$(BENCH_PY) benches/run_all.py --full
+	$(BENCH_PY) benches/bench_kmeans.py --sizes 1000000x384x1000 --short-runs 3 --no-fixed --no-e2e --no-init --tools protofast,sklearn-lloyd,faiss --repeats 1 --json-name kmeans_short_1m
 
 train: develop ## Set up and run the main job: train an IMU encoder on real data
 	$(VENV)/bin/protofast-train --output-dir runs/train

@@ -9,6 +9,9 @@ Three sections, all on the same unit-norm clustered data (fixed seed):
 2. End to end: each tool's own initialisation and convergence rule (library defaults).
 3. Initialisation only: k-means++ seeding (protofast and sklearn ``kmeans_plusplus``,
    faiss ``niter=0`` with its k-means++ / AFK-MC² init methods).
+4. Short runs (``--short-runs 3,5,20``): the first iteration of protofast against numpy's one-call
+   float32 product of the same shapes (``N×D @ D×k``), and the time per iteration of runs of 3, 5
+   and 20 iterations from the same ``C0`` as ratios to faiss's and scikit-learn's, all in one run.
 
 Run: ``.venv/bin/python benches/bench_kmeans.py --quick`` (``--full`` adds 1M×384×1000).
 """
@@ -198,6 +201,94 @@ def protofast_fixed(x: np.ndarray, c0: np.ndarray, iters: int) -> KMOut:
     assert pf is not None
     r = pf.kmeans(x, c0.shape[0], init=c0, n_init=1, max_iter=iters, tol=0.0)
     return KMOut(np.asarray(r.centroids), int(r.n_iter))
+
+
+def protofast_first_iteration(x: np.ndarray, c0: np.ndarray, repeats: int) -> tuple[float, float]:
+    """protofast's first iteration: median of ``max_iter=1`` calls less median of ``max_iter=0``.
+
+    Both calls validate ``x``, take the norms, label the points against the returned centroids and
+    compute the inertia; the difference is the first assignment step (its full distance pass, with
+    whatever bounds it sets up) and the first update.
+
+    Returns:
+        ``(first_iteration_s, zero_iteration_call_s)``.
+    """
+    t1 = _timed(lambda: protofast_fixed(x, c0, 1), repeats=repeats, warmup_fn=None)
+    t0 = _timed(lambda: protofast_fixed(x, c0, 0), repeats=repeats, warmup_fn=lambda: None)
+    return t1.median - t0.median, t0.median
+
+
+def numpy_one_product(x: np.ndarray, c0: np.ndarray, repeats: int) -> float:
+    """Median time of numpy's float32 ``x @ c0.T`` as one call (output buffer preallocated)."""
+    ct = np.ascontiguousarray(c0.T)
+    out = np.empty((x.shape[0], c0.shape[0]), dtype=np.float32)
+    t = common.time_call(lambda: np.matmul(x, ct, out=out), repeats=repeats, warmup=1)
+    return t.median
+
+
+def short_section(ctx: SizeContext, iters_list: Sequence[int]) -> list[dict[str, Any]]:
+    """Short-run rows of one size: first iteration vs numpy's product, per-iteration ratios.
+
+    One row per iteration count: every tool runs ``it`` iterations from ``C0`` (``tol=0``), time
+    per iteration = median total / iterations run; ratios are protofast's time per iteration over
+    faiss's and scikit-learn's (lloyd). The first-iteration figures are repeated on every row.
+    """
+    x, c0 = ctx.x, ctx.c0
+    n, d = x.shape
+    k = c0.shape[0]
+    gemm_s = numpy_one_product(x, c0, ctx.repeats)
+    first = zero = None
+    if "protofast" in ctx.tools:
+        # a difference of two medians: small sizes get more runs (their noise is a larger part)
+        first_runs = ctx.repeats if n * d * k >= 10**10 else max(ctx.repeats, 15)
+        first, zero = protofast_first_iteration(x, c0, first_runs)
+        print(
+            f"  short first iteration {common.fmt_ms(first)} ms, numpy {d}-deep product "
+            f"{common.fmt_ms(gemm_s)} ms: {first / gemm_s:.2f}×",
+            flush=True,
+        )
+    runners: dict[str, Callable[[np.ndarray, int], KMOut]] = {
+        "protofast": lambda data, it: protofast_fixed(data, c0, it),
+        "sklearn-lloyd": lambda data, it: sklearn_fixed(data, c0, it, "lloyd"),
+        "faiss": lambda data, it: faiss_fixed(data, c0, it),
+    }
+    xw = ctx.warm_x
+    rows: list[dict[str, Any]] = []
+    for it in iters_list:
+        per: dict[str, float] = {}
+        iters_run: dict[str, int] = {}
+        for tool in (t for t in ctx.tools if t in runners):
+            t = _timed(
+                functools.partial(runners[tool], x, it),
+                repeats=ctx.repeats,
+                warmup_fn=functools.partial(runners[tool], xw, it) if xw is not None else None,
+            )
+            iters_run[tool] = t.result.n_iter
+            per[tool] = t.median / max(t.result.n_iter, 1)
+            print(
+                f"  short {it:3d} it {tool:14s} {common.fmt_ms(per[tool]):>8s} ms/iter "
+                f"(iters run {t.result.n_iter})",
+                flush=True,
+            )
+        pf = per.get("protofast")
+        rows.append(
+            {
+                "size": ctx.label,
+                "n": n,
+                "d": d,
+                "k": k,
+                "iters": it,
+                "per_iter_s": per,
+                "iters_run": iters_run,
+                "numpy_product_s": gemm_s,
+                "first_iter_s": first,
+                "zero_iter_call_s": zero,
+                "first_vs_product": first / gemm_s if first is not None else None,
+                "vs_faiss": pf / per["faiss"] if pf and "faiss" in per else None,
+                "vs_sklearn": pf / per["sklearn-lloyd"] if pf and "sklearn-lloyd" in per else None,
+            }
+        )
+    return rows
 
 
 def protofast_default(x: np.ndarray, k: int) -> KMOut:
@@ -455,6 +546,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
 
     fixed_rows: list[dict[str, Any]] = []
+    short_rows: list[dict[str, Any]] = []
     e2e_rows: list[dict[str, Any]] = []
     init_rows: list[dict[str, Any]] = []
     notes: list[str] = []
@@ -481,7 +573,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         warm = " (warm-up on a 20k-row slice)" if big else ""
         print(f"\n[kmeans] {ctx.label}: {ctx.repeats} runs per tool{warm}", flush=True)
-        fixed_rows.extend(fixed_section(ctx, gemm_rate))
+        if args.fixed:
+            fixed_rows.extend(fixed_section(ctx, gemm_rate))
+        if args.short_runs:
+            short_rows.extend(short_section(ctx, args.short_runs))
         heavy = n * k > args.heavy_limit
         if heavy and (args.e2e or args.init):
             notes.append(
@@ -516,6 +611,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
 
     tables = render(fixed_rows, e2e_rows, init_rows, args=args, gemm=gemm, notes=notes)
+    if short_rows:
+        tables = render_short(short_rows, args) + "\n\n" + tables
     return common.report(
         "kmeans",
         "k-means",
@@ -525,6 +622,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         threads,
         gemm=gemm,
         fixed=fixed_rows,
+        short_runs=short_rows,
         end_to_end=e2e_rows,
         init_only=init_rows,
         notes=notes,
@@ -540,7 +638,7 @@ def render(
     gemm: dict[str, Any],
     notes: Sequence[str],
 ) -> str:
-    """Markdown tables for the three sections.
+    """Markdown tables for the three sections (the fixed-iteration one when it ran).
 
     Args:
         fixed: fixed-iteration rows.
@@ -553,47 +651,50 @@ def render(
     Returns:
         Markdown text.
     """
-    parts = [
-        f"### k-means, fixed {args.iters} iterations from the same initial centroids (tol=0)\n",
-        f"GEMM reference: {gemm['gflops']:.1f} GFLOP/s (numpy float32, {gemm['m']}×{gemm['k']} @ "
-        f"{gemm['k']}×{gemm['n']}, {args.threads} threads). One iteration = 2·N·D·k flops. "
-        "Inertia recomputed in float64 from each tool's centroids; Δ relative to numpy.\n",
-    ]
-    parts.append(
-        common.markdown_table(
-            [
-                "N×D×k",
-                "tool",
-                "runs",
-                "iters",
-                "total ms",
-                "ms/iter",
-                "GFLOP/s",
-                "% GEMM",
-                "inertia",
-                "Δ inertia",
-                "protofast speedup",
-            ],
-            [
+    parts: list[str] = []
+    if fixed:
+        parts += [
+            f"### k-means, fixed {args.iters} iterations from the same initial centroids (tol=0)\n",
+            f"GEMM reference: {gemm['gflops']:.1f} GFLOP/s (numpy float32, "
+            f"{gemm['m']}×{gemm['k']} @ {gemm['k']}×{gemm['n']}, {args.threads} threads). "
+            "One iteration = 2·N·D·k flops. "
+            "Inertia recomputed in float64 from each tool's centroids; Δ relative to numpy.\n",
+        ]
+        parts.append(
+            common.markdown_table(
                 [
-                    r["size"],
-                    r["tool"],
-                    r["runs"],
-                    r["n_iter"],
-                    common.fmt_ms(r["median_s"]),
-                    common.fmt_ms(r["per_iter_s"]),
-                    f"{r['gflops']:.1f}",
-                    f"{100 * r['frac_gemm']:.0f}%",
-                    f"{r['inertia']:.6g}",
-                    "–"
-                    if r["inertia_vs_numpy"] is None
-                    else f"{100 * r['inertia_vs_numpy']:+.3f}%",
-                    common.fmt_ratio(r["protofast_speedup"]),
-                ]
-                for r in fixed
-            ],
+                    "N×D×k",
+                    "tool",
+                    "runs",
+                    "iters",
+                    "total ms",
+                    "ms/iter",
+                    "GFLOP/s",
+                    "% GEMM",
+                    "inertia",
+                    "Δ inertia",
+                    "protofast speedup",
+                ],
+                [
+                    [
+                        r["size"],
+                        r["tool"],
+                        r["runs"],
+                        r["n_iter"],
+                        common.fmt_ms(r["median_s"]),
+                        common.fmt_ms(r["per_iter_s"]),
+                        f"{r['gflops']:.1f}",
+                        f"{100 * r['frac_gemm']:.0f}%",
+                        f"{r['inertia']:.6g}",
+                        "–"
+                        if r["inertia_vs_numpy"] is None
+                        else f"{100 * r['inertia_vs_numpy']:+.3f}%",
+                        common.fmt_ratio(r["protofast_speedup"]),
+                    ]
+                    for r in fixed
+                ],
+            )
         )
-    )
     if e2e:
         parts.append("\n### k-means end to end (each tool's own initialisation and convergence)\n")
         parts.append(
@@ -638,6 +739,52 @@ def render(
     return "\n".join(parts)
 
 
+def render_short(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> str:
+    """Markdown table of the short-run section."""
+
+    def ms(v: float | None) -> str:
+        return "–" if v is None else common.fmt_ms(v)
+
+    def ratio(v: float | None) -> str:
+        return "–" if v is None else f"{v:.2f}"
+
+    head = (
+        f"### k-means short runs (same C0, tol=0, noise {args.noise})\n\n"
+        "First iteration = protofast `max_iter=1` call less its `max_iter=0` call (the first "
+        "assignment pass and update); numpy product = `x @ C0.T` in float32 as one call. "
+        "Ratios: protofast's time per iteration over the peer's (below 1: protofast faster).\n"
+    )
+    return head + common.markdown_table(
+        [
+            "N×D×k",
+            "iters",
+            "numpy product ms",
+            "first iter ms",
+            "first / product",
+            "protofast ms/iter",
+            "faiss ms/iter",
+            "sklearn ms/iter",
+            "vs faiss",
+            "vs sklearn",
+        ],
+        [
+            [
+                r["size"],
+                r["iters"],
+                ms(r["numpy_product_s"]),
+                ms(r["first_iter_s"]),
+                ratio(r["first_vs_product"]),
+                ms(r["per_iter_s"].get("protofast")),
+                ms(r["per_iter_s"].get("faiss")),
+                ms(r["per_iter_s"].get("sklearn-lloyd")),
+                ratio(r["vs_faiss"]),
+                ratio(r["vs_sklearn"]),
+            ]
+            for r in rows
+        ],
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options of this bench."""
     p = argparse.ArgumentParser(
@@ -656,6 +803,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=20, help="fixed iteration count (default 20)")
     p.add_argument("--threads", type=int, default=common.DEFAULT_THREADS)
     p.add_argument("--tools", default=",".join(TOOLS), help=f"comma list from {','.join(TOOLS)}")
+    p.add_argument(
+        "--short-runs",
+        type=lambda s: [int(v) for v in s.split(",") if v],
+        default=[],
+        help="iteration counts of the short-run section, e.g. 3,5,20 (default: section skipped)",
+    )
+    p.add_argument(
+        "--no-fixed", dest="fixed", action="store_false", help="skip the fixed-iteration section"
+    )
     p.add_argument("--no-e2e", dest="e2e", action="store_false", help="skip the end-to-end section")
     p.add_argument(
         "--no-init", dest="init", action="store_false", help="skip the init-only section"

@@ -56,29 +56,45 @@ pub fn dot_nt(a: &[f32], m: usize, b: &[f32], n: usize, d: usize, out: &mut [f32
     }
 }
 
-/// `out (n×m) = b (n×d) · aᵀ (a is m×d)`: [`dot_nt`]'s products (the same
-/// values bit for bit), transposed, `out[j·m + i] = a_i · b_j`; `tmp` is
-/// scratch space. Single-threaded.
-pub fn dot_nt_transposed(
-    a: &[f32],
-    m: usize,
-    b: &[f32],
-    n: usize,
-    d: usize,
-    out: &mut [f32],
-    tmp: &mut Vec<f32>,
-) {
-    tmp.resize(m * n, 0.0);
-    dot_nt(a, m, b, n, d, tmp);
-    const TILE: usize = 16;
-    for i0 in (0..m).step_by(TILE) {
-        for j0 in (0..n).step_by(TILE) {
-            for i in i0..(i0 + TILE).min(m) {
-                for j in j0..(j0 + TILE).min(n) {
-                    out[j * m + i] = tmp[i * n + j];
-                }
-            }
-        }
+/// `out (n×m) = b (n×d) · aᵀ (a is m×d)`: [`dot_nt`]'s products, transposed,
+/// `out[j·m + i] = a_i · b_j`, written in that layout by the product itself
+/// (no copy): the same values as [`dot_nt`] bit for bit. Single-threaded.
+pub fn dot_nt_transposed(a: &[f32], m: usize, b: &[f32], n: usize, d: usize, out: &mut [f32]) {
+    debug_assert_eq!(a.len(), m * d);
+    debug_assert_eq!(b.len(), n * d);
+    debug_assert_eq!(out.len(), m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if d == 0 {
+        out.fill(0.0);
+        return;
+    }
+    // SAFETY: as in `dot_nt`, except that `out` is written column-major
+    // (m×n with column stride m, row stride 1): element (i, j) at
+    // `i + j·m < m·n`, inside the slice.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            d,
+            out.as_mut_ptr(),
+            m as isize,
+            1,
+            false,
+            a.as_ptr(),
+            1,
+            d as isize,
+            b.as_ptr(),
+            d as isize,
+            1,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
     }
 }
 
@@ -221,6 +237,24 @@ mod tests {
             for j in 0..n {
                 let want = naive_dot(&a[i * d..(i + 1) * d], &b[j * d..(j + 1) * d]);
                 assert!((out[i * n + j] - want).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn transposed_products_are_dot_nt_bit_for_bit() {
+        let d = 384;
+        let a: Vec<f32> = (0..300 * d).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..130 * d).map(|i| (i as f32 * 0.11).cos()).collect();
+        for (m, n) in [(1, 1), (7, 5), (256, 100), (300, 130), (64, 17), (5, 130)] {
+            let mut rows = vec![0.0; m * n];
+            dot_nt(&a[..m * d], m, &b[..n * d], n, d, &mut rows);
+            let mut cols = vec![0.0; m * n];
+            dot_nt_transposed(&a[..m * d], m, &b[..n * d], n, d, &mut cols);
+            for i in 0..m {
+                for j in 0..n {
+                    assert_eq!(rows[i * n + j].to_bits(), cols[j * m + i].to_bits());
+                }
             }
         }
     }

@@ -34,7 +34,6 @@ struct Scratch {
     per_group: Vec<Vec<u32>>,
     gathered: Vec<f32>,
     dots: Vec<f32>,
-    dots_rows: Vec<f32>,
     best: Vec<(f32, u32)>,
     /// Each block row's position in `need` (`u32::MAX`: not needed).
     pos: Vec<u32>,
@@ -76,6 +75,44 @@ impl GroupScan {
             *a = gc.groups.order[st + *a as usize];
         }
     }
+}
+
+/// The plain assignment step: every point compared with every centroid by
+/// the products [`assign_grouped`] computes (one product per block of
+/// [`GROUP_BLOCK`] rows, written column by column, scanned by SIMD over the
+/// rows), so the labels and distances are those of a full grouped step bit
+/// for bit. Ties go to the lowest index.
+pub(super) fn assign_plain(
+    x: &[f32],
+    x_norms: &[f32],
+    d: usize,
+    c: &[f32],
+    c_norms: &[f32],
+    labels: &mut [u32],
+    dists: &mut [f32],
+) {
+    let k = c_norms.len();
+    x.par_chunks(GROUP_BLOCK * d)
+        .zip(labels.par_chunks_mut(GROUP_BLOCK))
+        .zip(dists.par_chunks_mut(GROUP_BLOCK))
+        .enumerate()
+        .for_each_init(
+            || (Vec::new(), GroupScan::default()),
+            |(dots, cols), (b, ((xb, lb), db))| {
+                let m = lb.len();
+                dots.resize(m * k, 0.0);
+                crate::linalg::dot_nt_transposed(xb, m, c, k, d, dots);
+                cols.m1.resize(m, 0.0);
+                cols.m2.resize(m, 0.0);
+                cols.arg.resize(m, 0);
+                column_argmin2(c_norms, dots, &mut cols.m1, &mut cols.m2, &mut cols.arg);
+                let norms = &x_norms[b * GROUP_BLOCK..b * GROUP_BLOCK + m];
+                for r in 0..m {
+                    lb[r] = cols.arg[r];
+                    db[r] = (norms[r] + cols.m1[r]).max(0.0);
+                }
+            },
+        );
 }
 
 /// Rows per block of the bounded assignment: larger than
@@ -262,7 +299,7 @@ impl Scratch {
             &self.gathered
         };
         self.dots.resize(m * k, 0.0);
-        crate::linalg::dot_nt_transposed(src, m, &gc.cp, k, d, &mut self.dots, &mut self.dots_rows);
+        crate::linalg::dot_nt_transposed(src, m, &gc.cp, k, d, &mut self.dots);
         for g in 0..t {
             let (st, en) = (gc.groups.start[g], gc.groups.start[g + 1]);
             self.cols.scan(gc, g, &self.dots[st * m..en * m], m);
@@ -310,7 +347,6 @@ impl Scratch {
                 kg,
                 d,
                 &mut self.dots,
-                &mut self.dots_rows,
             );
             self.cols.scan(gc, g, &self.dots[..mg * kg], mg);
             for (q, &r) in self.per_group[g].iter().enumerate() {
