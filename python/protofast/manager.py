@@ -195,13 +195,14 @@ class _DeviceSums:
         if self.sums is None:
             return None
         assert self.counts is not None
-        return {"sum": self.sums.cpu(), "count": torch.from_numpy(self.counts.copy())}
+        # a copy: on the CPU .cpu() is the tensor itself, which later batches update in place
+        return {"sum": self.sums.cpu().clone(), "count": torch.from_numpy(self.counts.copy())}
 
     @classmethod
     def from_state(cls, state: dict[str, Any] | None, device: torch.device) -> _DeviceSums:
         sums = cls()
         if state is not None:
-            sums.sums = state["sum"].to(device)
+            sums.sums = state["sum"].to(device, copy=True)  # never the caller's tensor
             sums.counts = state["count"].cpu().numpy().astype(np.int64)
         return sums
 
@@ -216,12 +217,12 @@ class _Batch:
     def __init__(
         self,
         labels: list[str],
-        ids: np.ndarray,
+        ids: np.ndarray | None,
         arrays: Sequence[np.ndarray],
         clusters: tuple[int, Tensor, np.ndarray] | None,
     ) -> None:
         self.labels = list(labels)  # a copy: the caller may reuse its list
-        self.ids = ids  # (B,) store id of each sample
+        self.ids = ids  # (B,) store id of each sample (None with a side accumulator)
         self.arrays = arrays  # (first, inverse, counts) of the batch's distinct labels
         # (num_updates, device cluster ids, host cluster ids) of the samples when the batch
         # came while prototypes existed (sent with the ids in one transfer); valid until the
@@ -268,7 +269,7 @@ class _Snapshot(NamedTuple):
     re-clustering then needs nothing that later steps change)."""
 
     ids: np.ndarray  # (L,) store ids of the labels clustered
-    means: np.ndarray  # (L, D) their mean embeddings
+    means: np.ndarray | None  # (L, D) their mean embeddings (None: the worker reads them)
     previous: np.ndarray | None  # (L,) their cluster at the last clustering (-1: none)
     init: np.ndarray | None  # (k, D) the previous prototypes, for a warm start
 
@@ -353,6 +354,12 @@ class _Prepared(NamedTuple):
     table: np.ndarray  # cluster of each store id (-1: not clustered), then a trailing -1
     label_to_cluster: dict[str, int]
     cluster_labels: defaultdict[int, list[str]]
+
+
+def _means(store: LabelStore, ids: np.ndarray) -> np.ndarray:
+    """The means of store ids ``ids`` (no second copy when they are every label)."""
+    means = store.means()
+    return means if len(ids) == len(means) else means[ids]
 
 
 def _prepare(store: LabelStore, ids: np.ndarray, assignments: np.ndarray) -> _Prepared:
@@ -494,16 +501,21 @@ class PrototypeManager:
         async_update: Re-cluster on a worker thread (the core holds no GIL):
             steps keep the previous prototypes until the new ones are
             installed at the start of an :meth:`add_labels` call, at the same
-            call on every rank (see ``swap_after``). For the same data the
-            clusters equal those of the synchronous path; a checkpoint taken
-            while one runs waits for it and resumes exactly.
+            call on every rank (see ``swap_after``). Meanwhile batches go to
+            a side accumulator (float32 sums, as ``ingest="deferred"``) that
+            is folded into the store at the next trigger, so the worker reads
+            the store itself and no step copies it or waits for its lock.
+            For the same data the clusters equal those of the synchronous
+            path with ``ingest="deferred"``. A checkpoint taken while one runs
+            waits for it, and the resumed run installs it at the same call.
         swap_after: When a background re-clustering is installed. ``None``
             (default): at the first :meth:`add_labels` call after it is done
             (with several ranks: the call after rank 0 announced it, so no
-            rank waits); steps never stall, but the step depends on timing.
-            ``N``: exactly ``N`` calls after it started, waiting there if it
-            is not done: the same step in every run. A re-clustering still
-            running at the next trigger is waited for first.
+            rank waits); steps never stall, but the call depends on timing,
+            and so does whether a later trigger finds it still running (such
+            a trigger merges and starts nothing). ``N``: exactly ``N`` calls
+            after it started, waiting there if it is not done: the same
+            schedule in every run.
         distributed: Whether the ranks of a torch.distributed job share one
             store and one clustering. ``None`` (default): yes whenever a
             process group with more than one rank is initialised at the
@@ -684,7 +696,7 @@ class PrototypeManager:
                 self.device = emb.device
             self._batch = None
             try:  # the core checks the labels while it reads them
-                if ctx is not None or self._deferred(emb.device):
+                if self._delta is not None or self._deferred(emb.device):
                     self._batch = self._accumulate(labels, emb)
                 else:
                     ids, *grouping = self.store.add_grouped(labels, emb)
@@ -697,11 +709,14 @@ class PrototypeManager:
                 self._swap_in()
             if self.num_batches % self.update_interval != 0:
                 return
-            if ctx is not None:  # merge first: readiness is decided on the merged store
-                self._merge(ctx)
+            if self._incoming is not None:
+                # a background re-clustering is reading the store: this trigger merges and
+                # starts nothing (no step waits for it); the next one after it is installed does
+                return
+            self._merge_now(ctx)  # first: readiness is decided on the merged store
             ready, unique, total = self._readiness()
             if ready:
-                self._recluster(ctx, trigger=True)
+                self._recluster(ctx)
             elif not self._warned_not_ready:
                 self._warned_not_ready = True
                 self._log_not_ready(unique, total)
@@ -746,7 +761,9 @@ class PrototypeManager:
         """Adds a batch to the device-side sums; returns it as the last batch. With several
         ranks the sums are indexed by this rank's labels since the last merge (``_delta``),
         the clusters by the merged store's ids."""
-        dim = self.store.dim if self.store.dim is not None else self._pending.dim
+        dim = self._pending.dim
+        if dim is None:
+            dim = self.store.dim
         if dim is not None and emb.shape[1] != dim:
             raise ProtofastError(
                 f"embeddings: expected {dim} columns (the store's dimension), got {emb.shape[1]}"
@@ -757,11 +774,13 @@ class PrototypeManager:
             raise ProtofastError("embeddings: contains a non-finite value (NaN or inf)")
         interner = self.store if self._delta is None else self._delta
         ids, *grouping = interner.intern_grouped(labels)
-        store_ids = ids if self._delta is None else self.store.lookup(labels)
+        store_ids = ids if self._delta is None else None  # the store may be busy: no lookup
         clusters = None
         if self.is_initialized:
             # the loss will ask for this batch's clusters: send them with the ids
-            host = self._host_clusters(store_ids)
+            host = (
+                self._host_clusters(ids) if store_ids is not None else self._lookup_clusters(labels)
+            )
             packed = _to_device(np.concatenate([ids, host]), emb.device)
             device_ids = packed[: len(ids)]
             clusters = (self.num_updates, packed[len(ids) :], host)
@@ -818,8 +837,9 @@ class PrototypeManager:
         """
         with self._lock:
             ctx = self._ranks()
-            if ctx is not None:
-                self._merge(ctx)
+            if self._incoming is not None:
+                self._swap_in()
+            self._merge_now(ctx)
             ready, unique, total = self._readiness()
             if not ready:
                 logger.info(
@@ -846,10 +866,20 @@ class PrototypeManager:
             protofast._distributed.DistributedError: Another rank's sums were refused.
         """
         ctx = self._ranks()
+        if self._incoming is not None:
+            self._swap_in()
+        self._merge_now(ctx)
+        if self._delta is None:
+            self._pending.flush(self.store)
+
+    def _merge_now(self, ctx: Ranks | None) -> None:
+        """Moves the side accumulator into the store: every rank's (a collective call), or this
+        process's (``async_update``); nothing without one. The store must be idle (no
+        background re-clustering reading it)."""
         if ctx is not None:
             self._merge(ctx)
-        else:
-            self._pending.flush(self.store)
+        elif self._delta is not None:
+            self._fold_delta(again=True)
 
     def _ranks(self) -> Ranks | None:
         """This process's ranks, resolved once (at the first call that needs them)."""
@@ -868,24 +898,29 @@ class PrototypeManager:
                 "max_samples_per_label=None, or distributed=False for one store per rank"
             )
         self._ranks_resolved, self._ctx = True, ctx
-        if ctx is not None and self._delta is None:
+        side = ctx is not None or (self.async_update and self.store.max_samples_per_label is None)
+        if side and self._delta is None:
             # samples already in the store (added before the group existed) stay this rank's own
             self._delta = LabelStore()
-        elif ctx is None and self._delta is not None:
+        elif not side and self._delta is not None:
             self._fold_delta()
         return ctx
 
-    def _fold_delta(self) -> None:
-        """Moves unmerged per-rank sums (a state saved by a rank, resumed alone) into the store."""
-        delta, self._delta = self._delta, None
+    def _fold_delta(self, again: bool = False) -> None:
+        """Moves the side accumulator's sums into the store (a state saved by a rank, resumed
+        alone; or, with ``again``, the one process's merge of ``async_update``, after which a
+        new side accumulator starts). On an error (a non-finite sum) nothing moves."""
+        delta = self._delta
         assert delta is not None
         labels = delta.labels()
-        sums, counts = self._pending.take(len(labels))
-        self.store.intern(labels)
+        sums, counts = self._pending.peek(len(labels))
         keep = np.flatnonzero(counts)
         if len(keep):
-            ids = self.store.lookup([labels[i] for i in keep.tolist()])
-            self.store.add_sums(ids, sums[keep], counts[keep])
+            kept = [labels[i] for i in keep.tolist()]
+            self.store.intern(kept)
+            self.store.add_sums(self.store.lookup(kept), sums[keep], counts[keep])
+        self._pending.take(len(labels))  # zeroes them
+        self._delta = LabelStore() if again else None
 
     def _merge(self, ctx: Ranks) -> None:
         """Folds every rank's sums since the last merge into the store, the same on every rank
@@ -912,47 +947,47 @@ class PrototypeManager:
             "spherical": self.spherical,
         }
 
-    def _snapshot(self) -> _Snapshot:
+    def _snapshot(self, *, read_means: bool = True) -> _Snapshot:
         """The labels with samples (a note checkpoint's labels without samples take no part),
-        their means, their clusters at the last clustering and the warm start's prototypes."""
+        their means (unless a background worker reads them: ``read_means=False``), their
+        clusters at the last clustering and the warm start's prototypes."""
         if self._delta is None:
             self._pending.flush(self.store)
         ids = np.flatnonzero(self.store.counts() > 0)
-        means = self.store.means()
-        if len(ids) != len(means):  # skip the copy when every label has samples
-            means = means[ids]
+        means = _means(self.store, ids) if read_means else None
         previous = self._host_clusters(ids) if self.is_initialized else None
         init = None
         if (
             self.warm_start
             and self.prototypes is not None
-            and self.prototypes.shape == (self.num_clusters, means.shape[1])
+            and self.prototypes.shape == (self.num_clusters, self.store.dim)
         ):
             init = self.prototypes.detach().cpu().float().numpy()
         return _Snapshot(ids, means, previous, init)
 
-    def _recluster(self, ctx: Ranks | None, *, trigger: bool = False) -> None:
+    def _recluster(self, ctx: Ranks | None) -> None:
         """Re-clusters now, or starts a background re-clustering (``async_update``); with
-        several ranks rank 0 clusters and every rank installs its broadcast result. A periodic
-        ``trigger`` that comes while a background re-clustering runs starts none (no step waits
-        for it; the next trigger after it is installed clusters the data then merged); a direct
-        call installs it first."""
+        several ranks rank 0 clusters and every rank installs its broadcast result."""
         if self._incoming is not None:
-            if trigger:
-                return
             self._swap_in()
-        snapshot = self._snapshot()
-        settings, renumber = self._settings(), self.renumber
+        # with a side accumulator the store does not change until the worker is done: the
+        # worker reads the means itself (a copy of 100 000 x 384 means takes 0.1 s)
+        background = self.async_update and self._delta is not None
+        snapshot = self._snapshot(read_means=not background)
+        settings, renumber, store = self._settings(), self.renumber, self.store
 
         def work() -> _Clustering:
-            return _cluster(snapshot, settings, renumber)
+            taken = snapshot
+            if taken.means is None:
+                taken = taken._replace(means=_means(store, taken.ids))
+            return _cluster(taken, settings, renumber)
 
         computes = ctx is None or ctx.rank == 0
         if self.async_update:
             swap_at = None if self.swap_after is None else self.num_batches + self.swap_after
             incoming = _Incoming(snapshot.ids, swap_at)
             if computes:
-                store, ids = self.store, snapshot.ids
+                ids = snapshot.ids
                 incoming.start(work, lambda result: _prepare(store, ids, result.assignments))
             self._incoming = incoming
             return
@@ -1070,18 +1105,36 @@ class PrototypeManager:
         logger.debug("[PrototypeManager] k-means inertia %.6g", inertia)
 
     # ----------------------------------------------------------------- targets
-    def _ids(self, labels: list[str]) -> tuple[np.ndarray, tuple[int, Tensor, np.ndarray] | None]:
-        """Store ids of ``labels`` (-1 if never seen) and, when known, their clusters.
+    def _cluster_ids(
+        self, labels: list[str]
+    ) -> tuple[np.ndarray, tuple[int, Tensor, np.ndarray] | None]:
+        """The cluster of each label at the last clustering (-1 if it was not clustered) and,
+        when known, the same on the device.
 
         The last :meth:`add_labels` batch is reused, for its samples or for its distinct
         labels (the list of its :meth:`batch_labels`), without a second lookup."""
         batch = self._batch
         if batch is not None:
-            if batch.is_distinct(labels):
-                return batch.ids[batch.arrays[0]], None
-            if labels is batch.labels or labels == batch.labels:
-                return batch.ids, batch.clusters
-        return self.store.lookup(labels), None
+            distinct = batch.is_distinct(labels)
+            if distinct or labels is batch.labels or labels == batch.labels:
+                cached = batch.clusters
+                if cached is not None and cached[0] == self.num_updates:
+                    if distinct:
+                        return cached[2][batch.arrays[0]], None
+                    return cached[2], cached
+                if batch.ids is not None:
+                    ids = batch.ids[batch.arrays[0]] if distinct else batch.ids
+                    return self._host_clusters(ids), None
+        return self._lookup_clusters(labels), None
+
+    def _lookup_clusters(self, labels: list[str]) -> np.ndarray:
+        """The cluster of each label at the last clustering (-1 if it was not clustered). With
+        a side accumulator (several ranks, ``async_update``) from the mapping, not the store,
+        which a background re-clustering may be reading."""
+        if self._delta is None:
+            return self._host_clusters(self.store.lookup(labels))
+        get = self.label_to_cluster.get
+        return np.fromiter((get(label, -1) for label in labels), np.int64, count=len(labels))
 
     def _clusters(
         self, labels: list[str], emb: Tensor, unseen_rule: Unseen
@@ -1090,12 +1143,10 @@ class PrototypeManager:
         under ``unseen_rule="one_hot"``), and the host mask of samples whose
         label was not seen at the last clustering."""
         assert self.prototypes is not None
-        ids, cached = self._ids(labels)
+        clusters, cached = self._cluster_ids(labels)
         device_clusters: Tensor | None = None
-        if cached is not None and cached[0] == self.num_updates and cached[1].device == emb.device:
-            device_clusters, clusters = cached[1], cached[2]  # sent with the ids by add_labels
-        else:
-            clusters = self._host_clusters(ids)
+        if cached is not None and cached[1].device == emb.device:
+            device_clusters = cached[1]  # sent with the ids by add_labels
         unseen = clusters < 0
         if unseen.any() and unseen_rule == "nearest":
             if emb.device.type == "cpu":

@@ -228,32 +228,32 @@ __all__ = [
 
 def async_when_ready(rank: int, size: int, folder: str) -> dict:
     """``swap_after=None``: installed at the first call after rank 0 is done, the same call on
-    every rank; a checkpoint taken while it runs resumes exactly."""
+    every rank; a checkpoint taken while it runs installs it at the same call once resumed."""
     vectors = label_vectors(40)
 
     def data(step: int) -> tuple[list[str], torch.Tensor]:
         return batch(vectors, stream(rank, size, True, 40, step), 100 * rank + step)
 
-    sync, background = manager(), manager(async_update=True)
-    installed_at = None
-    saved = None
-    for step in range(1, 31):
+    def first_install(m: PrototypeManager, start: int) -> tuple[int, dict]:
+        for step in range(start, 30):
+            m.add_labels(*data(step))
+            if m.num_updates:
+                return step, snapshot(m)
+        raise AssertionError("never installed")
+
+    sync, background = manager(ingest="deferred"), manager(async_update=True)
+    for step in range(1, 6):
         sync.add_labels(*data(step))
         background.add_labels(*data(step))
-        if step == 5:
-            reference = snapshot(sync)
-            saved = background.state_dict()  # waits for the re-clustering in flight
-        if installed_at is None and background.num_updates:
-            installed_at = step
-            installed = snapshot(background)
+    saved = background.state_dict()  # waits for the re-clustering in flight
     resumed = manager(async_update=True)
     resumed.load_state_dict(saved)
-    for step in range(6, 31):
-        resumed.add_labels(*data(step))
+    installed_at, installed = first_install(background, 6)
+    resumed_at, resumed_state = first_install(resumed, 6)
     return {
         "installed_at": installed_at,
         "installed": installed,
-        "reference": reference,
-        "final": snapshot(background),
-        "resumed": snapshot(resumed),
+        "reference": snapshot(sync),
+        "resumed_at": resumed_at,
+        "resumed": resumed_state,
     }

@@ -211,3 +211,20 @@ def test_the_manager_can_be_shared_between_threads(ingest) -> None:
     assert time.monotonic() - start < 120
     assert m.num_batches == 300
     PrototypeManager().load_state_dict(m.state_dict())
+
+
+def test_a_state_of_deferred_sums_is_a_copy_on_the_cpu() -> None:
+    """state_dict() and load_state_dict() copy the pending sums: on the CPU ``.cpu()`` and
+    ``.to("cpu")`` return the tensor itself, which later batches would update in place."""
+    g = torch.Generator().manual_seed(0)
+    m = PrototypeManager(num_clusters=2, update_interval=100, ingest="deferred")
+    m.add_labels(LABELS, torch.randn(len(LABELS), 4, generator=g))
+    state = m.state_dict()
+    before = state["pending"]["sum"].clone()
+    resumed = PrototypeManager(num_clusters=2, update_interval=100, ingest="deferred")
+    resumed.load_state_dict(state)
+    extra = torch.randn(len(LABELS), 4, generator=g)
+    m.add_labels(LABELS, extra)
+    resumed.add_labels(LABELS, extra)
+    assert torch.equal(state["pending"]["sum"], before)  # the saved state did not move
+    assert torch.equal(m.state_dict()["pending"]["sum"], resumed.state_dict()["pending"]["sum"])
