@@ -164,10 +164,21 @@ def bench_gather(args: argparse.Namespace) -> list[list[Any]]:
 
 # ------------------------------------------------------------------------------------ stall
 def _stall_run(
-    num_labels: int, steps: int, background: bool, k: int, swap_after: int | None
+    num_labels: int,
+    steps: int,
+    background: bool,
+    k: int,
+    swap_after: int | None,
+    model: bool = False,
 ) -> list[float]:
     import torch
     from protofast import InfoNCELoss, PrototypeManager
+
+    # one torch thread, as the training job: a core is left to the worker (two OpenMP threads
+    # spinning next to a busy worker on two cores make every torch operation slow)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(D, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, D))
 
     rng = np.random.default_rng(0)
     table = common.unit_blobs(num_labels, D, 200, seed=0)
@@ -188,8 +199,9 @@ def _stall_run(
         idx = rng.integers(0, num_labels, 256)
         labels = [names[i] for i in idx]
         text = torch.from_numpy(table[idx])
-        imu = torch.nn.functional.normalize(torch.randn(256, D), dim=1).requires_grad_(True)
+        x = torch.randn(256, D)
         start = time.perf_counter()
+        imu = torch.nn.functional.normalize(net(x) if model else x.requires_grad_(True), dim=1)
         manager.add_labels(labels, text)
         loss, _ = loss_fn(imu, text, labels, return_metrics=False)
         loss.backward()
@@ -201,20 +213,29 @@ def _stall_run(
 
 def bench_stall(args: argparse.Namespace) -> list[list[Any]]:
     rows = []
-    for background in (False, True):
-        times = _stall_run(
-            args.stall_labels, args.stall_steps, background, k=args.stall_k, swap_after=None
-        )
-        median, worst = statistics.median(times), max(times)
-        rows.append(
-            [
-                "async_update=True" if background else "synchronous",
-                common.fmt_ms(median),
-                common.fmt_ms(worst),
-                common.fmt_ratio(worst / median),
-            ]
-        )
-        print(f"stall background={background}: median {median:.4f} s, max {worst:.4f} s")
+    for model in (False, True):
+        for background in (False, True):
+            times = _stall_run(
+                args.stall_labels,
+                args.stall_steps,
+                background,
+                k=args.stall_k,
+                swap_after=None,
+                model=model,
+            )
+            median, worst = statistics.median(times), max(times)
+            slowest = sorted(range(len(times)), key=times.__getitem__)[-3:][::-1]
+            rows.append(
+                [
+                    "protofast and a 2-layer MLP" if model else "protofast alone",
+                    "async_update=True" if background else "synchronous",
+                    common.fmt_ms(median),
+                    common.fmt_ms(worst),
+                    common.fmt_ratio(worst / median),
+                    ", ".join(str(i + 1) for i in slowest),
+                ]
+            )
+            print(f"stall model={model} async={background}: {median:.4f} / {worst:.4f} s")
     return rows
 
 
@@ -298,7 +319,8 @@ def main() -> None:
             f"(k = {args.stall_k}, n_init = 3, {args.stall_steps} steps; "
             "async: `swap_after=None`)\n\n"
             + common.markdown_table(
-                ["re-clustering", "median step ms", "slowest ms", "ratio"], rows
+                ["step", "re-clustering", "median ms", "slowest ms", "ratio", "slowest steps"],
+                rows,
             )
         )
     if "warm" in only:
