@@ -14,55 +14,35 @@ pub const ROW_BLOCK: usize = 256;
 
 /// `out (m×n) = a (m×d) · bᵀ (b is n×d)`, all row-major, single-threaded.
 pub fn dot_nt(a: &[f32], m: usize, b: &[f32], n: usize, d: usize, out: &mut [f32]) {
-    debug_assert_eq!(a.len(), m * d);
-    debug_assert_eq!(b.len(), n * d);
-    debug_assert_eq!(out.len(), m * n);
-    if m == 0 || n == 0 {
-        return;
-    }
-    if d == 0 {
-        out.fill(0.0);
-        return;
-    }
-    // SAFETY: `a` is m×d, `b` is n×d and `out` is m×n, all row-major, as the
-    // strides below say (lengths checked above in debug builds and by every
-    // caller), so every element `gemm` reads or writes is inside its slice;
-    // `out` is a unique borrow, so it aliases neither input. `read_dst` is
-    // false, so `out`'s previous contents are never read.
-    // `Parallelism::None` keeps the product on this thread: the summation
-    // order depends only on the shapes, never on the thread count.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            d,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            d as isize,
-            b.as_ptr(),
-            d as isize,
-            1,
-            0.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    gemm_nt(a, m, b, n, d, out, n, 1);
 }
 
 /// `out (n×m) = b (n×d) · aᵀ (a is m×d)`: [`dot_nt`]'s products, transposed,
 /// `out[j·m + i] = a_i · b_j`, written in that layout by the product itself
 /// (no copy): the same values as [`dot_nt`] bit for bit. Single-threaded.
 pub fn dot_nt_transposed(a: &[f32], m: usize, b: &[f32], n: usize, d: usize, out: &mut [f32]) {
+    gemm_nt(a, m, b, n, d, out, 1, m);
+}
+
+/// `a_i · b_j` (a is m×d, b is n×d, row-major) for every pair, written to
+/// `out[i·row_stride + j·col_stride]`: `(n, 1)` is row-major m×n, `(1, m)`
+/// column-major. The strides change where a value goes, never how it is
+/// summed. Single-threaded.
+#[allow(clippy::too_many_arguments)]
+fn gemm_nt(
+    a: &[f32],
+    m: usize,
+    b: &[f32],
+    n: usize,
+    d: usize,
+    out: &mut [f32],
+    row_stride: usize,
+    col_stride: usize,
+) {
     debug_assert_eq!(a.len(), m * d);
     debug_assert_eq!(b.len(), n * d);
     debug_assert_eq!(out.len(), m * n);
+    debug_assert!((row_stride, col_stride) == (n, 1) || (row_stride, col_stride) == (1, m));
     if m == 0 || n == 0 {
         return;
     }
@@ -70,17 +50,23 @@ pub fn dot_nt_transposed(a: &[f32], m: usize, b: &[f32], n: usize, d: usize, out
         out.fill(0.0);
         return;
     }
-    // SAFETY: as in `dot_nt`, except that `out` is written column-major
-    // (m×n with column stride m, row stride 1): element (i, j) at
-    // `i + j·m < m·n`, inside the slice.
+    // SAFETY: `a` is m×d and `b` is n×d, row-major, as the strides below say
+    // (lengths checked above in debug builds and by every caller), and `out`
+    // holds m·n values whose element (i, j) is at `i·row_stride +
+    // j·col_stride < m·n` for both stride pairs allowed above, so every
+    // element `gemm` reads or writes is inside its slice; `out` is a unique
+    // borrow, so it aliases neither input. `read_dst` is false, so `out`'s
+    // previous contents are never read. `Parallelism::None` keeps the product
+    // on this thread: the summation order depends only on the shapes, never
+    // on the thread count.
     unsafe {
         gemm::gemm(
             m,
             n,
             d,
             out.as_mut_ptr(),
-            m as isize,
-            1,
+            col_stride as isize,
+            row_stride as isize,
             false,
             a.as_ptr(),
             1,

@@ -33,6 +33,32 @@ pub(super) fn lloyd(
     .0
 }
 
+/// One assignment step against `centroids`: a bounded one through `bounded`
+/// when it is given, else a plain one; a bounded step adds its per-group
+/// products and itself to `tally`.
+#[allow(clippy::too_many_arguments)]
+fn assign_step(
+    bounded: Option<&mut BoundedSteps>,
+    x: &[f32],
+    x_norms: &[f32],
+    d: usize,
+    centroids: &[f32],
+    c_norms: &[f32],
+    max_iter: usize,
+    labels: &mut [u32],
+    dists: &mut [f32],
+    tally: (&mut usize, &mut usize),
+) {
+    match bounded {
+        Some(b) => {
+            let stats = b.assign(x, x_norms, d, centroids, c_norms, max_iter, labels, dists);
+            *tally.0 += stats.group_products;
+            *tally.1 += 1;
+        }
+        None => assign_plain(x, x_norms, d, centroids, c_norms, labels, dists),
+    }
+}
+
 /// [`lloyd`], how many per-group products its bounded steps ran and how
 /// many assignment steps (the final one included) were bounded ones.
 #[allow(clippy::too_many_arguments)]
@@ -67,23 +93,18 @@ fn lloyd_counting(
             bounded_steps = Some(BoundedSteps::new(&centroids, n, d));
         }
         let step_bounded = bounded_steps.as_mut().is_some_and(|b| b.next_is_bounded());
-        match (&mut bounded_steps, step_bounded) {
-            (Some(b), true) => {
-                let stats = b.assign(
-                    x,
-                    x_norms,
-                    d,
-                    &centroids,
-                    &c_norms,
-                    max_iter,
-                    &mut labels,
-                    &mut dists,
-                );
-                group_products += stats.group_products;
-                bounded_count += 1;
-            }
-            _ => assign_plain(x, x_norms, d, &centroids, &c_norms, &mut labels, &mut dists),
-        }
+        assign_step(
+            bounded_steps.as_mut().filter(|_| step_bounded),
+            x,
+            x_norms,
+            d,
+            &centroids,
+            &c_norms,
+            max_iter,
+            &mut labels,
+            &mut dists,
+            (&mut group_products, &mut bounded_count),
+        );
         // The sums follow the labels of the previous step, so no point
         // moving means the labels did not change: converged.
         let moved = sums.update(x, d, k, &labels);
@@ -113,23 +134,18 @@ fn lloyd_counting(
     // way).
     if !unchanged {
         let c_norms = row_sq_norms(&centroids, d);
-        match &mut bounded_steps {
-            Some(b) if b.is_current() => {
-                let stats = b.assign(
-                    x,
-                    x_norms,
-                    d,
-                    &centroids,
-                    &c_norms,
-                    max_iter,
-                    &mut labels,
-                    &mut dists,
-                );
-                group_products += stats.group_products;
-                bounded_count += 1;
-            }
-            _ => assign_plain(x, x_norms, d, &centroids, &c_norms, &mut labels, &mut dists),
-        }
+        assign_step(
+            bounded_steps.as_mut().filter(|b| b.is_current()),
+            x,
+            x_norms,
+            d,
+            &centroids,
+            &c_norms,
+            max_iter,
+            &mut labels,
+            &mut dists,
+            (&mut group_products, &mut bounded_count),
+        );
     }
     let inertia = exact_inertia(x, d, &centroids, &labels);
     let result = KMeansResult {
