@@ -150,7 +150,8 @@ class _DeviceSums:
         if self.sums is None or self.sums.shape[0] < num_labels:
             old = 0 if self.sums is None else self.sums.shape[0]
             cap = max(num_labels, 2 * old, 64)
-            sums = torch.zeros(cap, emb.shape[1], dtype=torch.float32, device=emb.device)
+            sums = torch.empty(cap, emb.shape[1], dtype=torch.float32, device=emb.device)
+            sums[old:].zero_()  # the rows copied below need no zeroing first
             counts = np.zeros(cap, dtype=np.int64)
             if self.sums is not None:
                 assert self.counts is not None
@@ -185,11 +186,35 @@ class _DeviceSums:
     def take(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`peek`, then zeroes every sum and count."""
         sums, counts = self.peek(rows)
+        self.zero()
+        return sums, counts
+
+    def empty_like(self) -> _DeviceSums:
+        """A zeroed accumulator of the same capacity, dimension and device."""
+        fresh = _DeviceSums()
+        if self.sums is not None:
+            assert self.counts is not None
+            fresh.sums = torch.zeros_like(self.sums)
+            fresh.counts = np.zeros_like(self.counts)
+        return fresh
+
+    def zero(self) -> None:
+        """Zeroes every sum and count (the capacity stays)."""
         if self.sums is not None:
             assert self.counts is not None
             self.sums.zero_()
             self.counts[:] = 0
-        return sums, counts
+
+    def fold(self, labels: list[str], store: LabelStore) -> None:
+        """Adds the sums of ``labels`` (this accumulator's rows, in order) to ``store``, then
+        zeroes them. On an error (a non-finite sum) the store is unchanged."""
+        sums, counts = self.peek(len(labels))
+        keep = np.flatnonzero(counts)
+        if len(keep):
+            kept = [labels[i] for i in keep.tolist()]
+            store.intern(kept)
+            store.add_sums(store.lookup(kept), sums[keep], counts[keep])
+        self.zero()
 
     def state(self) -> dict[str, Tensor] | None:
         if self.sums is None:
@@ -382,6 +407,7 @@ class _Incoming:
         "prepared",
         "result",
         "seen",
+        "spare",
         "swap_at",
         "thread",
         "work",
@@ -395,6 +421,8 @@ class _Incoming:
         self.thread: threading.Thread | None = None
         self.result: _Clustering | None = None
         self.prepared: _Prepared | None = None  # the result's mappings, built by the worker
+        # the side accumulator the worker folded into the store (zeroed): the next spare
+        self.spare: _DeviceSums | None = None
         self.error: BaseException | None = None
         # several ranks, swap_at None: rank 0's "done" flag, broadcast at one call and read at
         # the next (so that waiting for it costs nothing), and the last flag read
@@ -501,10 +529,11 @@ class PrototypeManager:
         async_update: Re-cluster on a worker thread (the core holds no GIL):
             steps keep the previous prototypes until the new ones are
             installed at the start of an :meth:`add_labels` call, at the same
-            call on every rank (see ``swap_after``). Meanwhile batches go to
-            a side accumulator (float32 sums, as ``ingest="deferred"``) that
-            is folded into the store at the next trigger, so the worker reads
-            the store itself and no step copies it or waits for its lock.
+            call on every rank (see ``swap_after``). Batches go to a side
+            accumulator (float32 sums, as ``ingest="deferred"``); in one
+            process a trigger hands it whole to the worker, which folds it
+            into the store, reads the means and clusters, so no step copies
+            the store or waits for its lock.
             For the same data the clusters equal those of the synchronous
             path with ``ingest="deferred"``. A checkpoint taken while one runs
             waits for it, and the resumed run installs it at the same call.
@@ -623,6 +652,7 @@ class PrototypeManager:
         self._ctx: Ranks | None = None
         # several ranks: this rank's labels since the last merge (their sums are _pending's)
         self._delta: LabelStore | None = None
+        self._spare: _DeviceSums | None = None  # async_update: the zeroed accumulator to swap in
 
     # ------------------------------------------------------------------ ingest
     @property
@@ -662,8 +692,62 @@ class PrototypeManager:
         """Whether the clustering rule holds, the unique labels with samples and the samples."""
         counts = self._sample_counts()
         unique, total = int(np.count_nonzero(counts)), int(counts.sum())
-        ready = unique >= self.min_unique_labels and total >= self.min_total_samples
-        return ready, unique, total
+        return self._rule(unique, total), unique, total
+
+    def _rule(self, unique: int, total: int) -> bool:
+        """The clustering rule (``min_samples_rule``) for these unique labels and samples."""
+        return unique >= self.min_unique_labels and total >= self.min_total_samples
+
+    def _trigger_in_background(self) -> None:
+        """The periodic trigger of ``async_update`` in one process. The rule is decided from the
+        store and the side accumulator together; then the accumulator goes to the worker whole
+        (it folds it into the store, then clusters) and steps continue with a fresh one, so the
+        trigger step does no work in proportion to the labels."""
+        delta, pending = self._delta, self._pending
+        assert delta is not None
+        labels = delta.labels()
+        counts = np.zeros(len(labels), dtype=np.int64)
+        if pending.counts is not None:
+            counts = pending.counts[: len(labels)].copy()
+        stored = self.store.counts()
+        before = np.zeros(len(labels), dtype=np.int64)
+        if len(labels) and len(stored):
+            known = self.store.lookup(labels)
+            before = np.where(known >= 0, stored[np.maximum(known, 0)], 0)
+        unique = int(np.count_nonzero(stored)) + int(np.count_nonzero((counts > 0) & (before == 0)))
+        total = int(stored.sum()) + int(counts.sum())
+        if not self._rule(unique, total):
+            self._fold_delta(again=True)
+            if not self._warned_not_ready:
+                self._warned_not_ready = True
+                self._log_not_ready(unique, total)
+            return
+        # the worker's zeroed accumulator of the last re-clustering, or one of the same size (no
+        # step then grows the new one again, a copy of all its sums each time it doubles)
+        spare = self._spare if self._spare is not None else pending.empty_like()
+        self._delta, self._pending, self._spare = LabelStore(), spare, None
+        store, table = self.store, self._cluster_table
+        initialized, settings, renumber = self.is_initialized, self._settings(), self.renumber
+        init = None
+        if (
+            self.warm_start
+            and self.prototypes is not None
+            and self.prototypes.shape == (self.num_clusters, self.store.dim)
+        ):
+            init = self.prototypes.detach().cpu().float().numpy()
+        swap_at = None if self.swap_after is None else self.num_batches + self.swap_after
+        incoming = _Incoming(np.zeros(0, dtype=np.int64), swap_at)
+
+        def work() -> _Clustering:
+            pending.fold(labels, store)
+            incoming.spare = pending
+            ids = np.flatnonzero(store.counts() > 0)
+            previous = table[np.minimum(ids, len(table) - 1)] if initialized else None
+            incoming.ids = ids
+            return _cluster(_Snapshot(ids, _means(store, ids), previous, init), settings, renumber)
+
+        incoming.start(work, lambda result: _prepare(store, incoming.ids, result.assignments))
+        self._incoming = incoming
 
     def _deferred(self, device: torch.device) -> bool:
         if self.ingest == "auto":
@@ -712,6 +796,9 @@ class PrototypeManager:
             if self._incoming is not None:
                 # a background re-clustering is reading the store: this trigger merges and
                 # starts nothing (no step waits for it); the next one after it is installed does
+                return
+            if ctx is None and self._delta is not None and self.async_update:
+                self._trigger_in_background()
                 return
             self._merge_now(ctx)  # first: readiness is decided on the merged store
             ready, unique, total = self._readiness()
@@ -910,16 +997,8 @@ class PrototypeManager:
         """Moves the side accumulator's sums into the store (a state saved by a rank, resumed
         alone; or, with ``again``, the one process's merge of ``async_update``, after which a
         new side accumulator starts). On an error (a non-finite sum) nothing moves."""
-        delta = self._delta
-        assert delta is not None
-        labels = delta.labels()
-        sums, counts = self._pending.peek(len(labels))
-        keep = np.flatnonzero(counts)
-        if len(keep):
-            kept = [labels[i] for i in keep.tolist()]
-            self.store.intern(kept)
-            self.store.add_sums(self.store.lookup(kept), sums[keep], counts[keep])
-        self._pending.take(len(labels))  # zeroes them
+        assert self._delta is not None
+        self._pending.fold(self._delta.labels(), self.store)
         self._delta = LabelStore() if again else None
 
     def _merge(self, ctx: Ranks) -> None:
@@ -1014,6 +1093,8 @@ class PrototypeManager:
             if ctx is None:
                 raise
             problem = error
+        if incoming.spare is not None and self._spare is None:
+            self._spare = incoming.spare  # zeroed by the worker: the next trigger's fresh one
         if ctx is None and result is None:
             logger.warning(
                 "[PrototypeManager] A re-clustering in flight was saved by another rank "
@@ -1430,6 +1511,7 @@ class PrototypeManager:
         Returns:
             The state dict.
         """
+        incoming = self._incoming_state()  # first: its worker may still be writing the store
         store = self.store.state()
         if store["dim"] is None and len(store["labels"]):
             # labels known without samples (deferred sums not flushed yet, or a note
@@ -1463,7 +1545,7 @@ class PrototypeManager:
                 "last_churn": self.last_churn,
             },
             "delta": None if self._delta is None else self._delta.labels(),
-            "incoming": self._incoming_state(),
+            "incoming": incoming,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

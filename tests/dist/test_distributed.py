@@ -253,6 +253,33 @@ def test_async_when_ready_in_one_process_never_waits_and_resumes_exactly() -> No
     assert resumed.store.means().tobytes() == background.store.means().tobytes()
 
 
+def test_async_in_one_process_applies_the_rule_to_store_and_accumulator_together() -> None:
+    """The clustering rule of an async trigger counts the samples of the store and of the side
+    accumulator handed to the worker, as the synchronous path counts the store."""
+    vectors = label_vectors(40)
+    names = sorted(vectors)
+
+    def data(step: int) -> tuple[list[str], torch.Tensor]:
+        rng = np.random.default_rng(step)
+        return batch(vectors, [names[i] for i in rng.integers(0, 40, 8)], seed=step)
+
+    # 4 clusters x 20 = 80 samples: not at call 5 (40 samples), at call 10 (80)
+    sync = manager(ingest="deferred", min_samples_per_cluster=20)
+    background = manager(async_update=True, swap_after=1, min_samples_per_cluster=20)
+    for step in range(1, 12):
+        sync.add_labels(*data(step))
+        background.add_labels(*data(step))
+        if step == 10:
+            assert sync.num_updates == 1 and background.num_updates == 0
+            assert background.get_statistics()["update_in_flight"]
+    assert background.num_updates == 1  # installed at call 11
+    # the async path folded calls 1-5 at call 5 (not ready) and 6-10 at call 10, the deferred
+    # one all ten at once: the same sums up to float32 rounding
+    torch.testing.assert_close(background.prototypes, sync.prototypes, rtol=1e-5, atol=1e-5)
+    assert background.label_to_cluster == sync.label_to_cluster
+    assert background.store.counts().tolist() == sync.store.counts().tolist()[: len(background.store)]
+
+
 def test_distributed_true_without_a_process_group_is_an_error_that_changes_nothing() -> None:
     m = manager(distributed=True)
     with pytest.raises(ValueError, match="process group"):
