@@ -74,7 +74,7 @@ lint: venv ## cargo fmt --check, clippy -D warnings, ruff
 stubtest: develop ## Check the .pyi stub against the compiled module
 	$(PY) -m mypy.stubtest protofast._protofast
 
-bench: develop ## The benchmarks of benches/RESULTS.md (~30 min): markdown tables, JSON in benches/out/
+bench: develop ## The benchmarks of benches/RESULTS.md (long, 30 min or more on 2 cores): markdown tables, JSON in benches/out/
 	$(PIP) install -q $(BENCH_REQS)
 	$(BENCH_PY) benches/bench_kmeans.py --sizes 50x384x5,1000x384x20,10000x384x100 --repeats 5 --json-name kmeans_small
 	$(BENCH_PY) benches/bench_kmeans.py --sizes 100000x384x256 --repeats 3 --tools protofast,sklearn-lloyd,faiss,numpy --no-e2e --json-name kmeans_100k
@@ -85,6 +85,9 @@ bench: develop ## The benchmarks of benches/RESULTS.md (~30 min): markdown table
 	$(BENCH_PY) benches/bench_step.py --quick --interleave
 	$(BENCH_PY) benches/bench_memory.py --quick
 	$(BENCH_PY) benches/bench_update.py
+	$(BENCH_PY) benches/bench_distributed.py --only merge,gather --json-name distributed_merge
+	$(BENCH_PY) benches/bench_distributed.py --only stall --json-name distributed_stall
+	$(BENCH_PY) benches/bench_distributed.py --only warm --repeats 2 --json-name distributed_warm
 
 bench-full: develop ## Benchmarks at every size of the issue (long)
 	$(PIP) install -q $(BENCH_REQS)
