@@ -284,14 +284,16 @@ class InfoNCELoss(nn.Module):
         """The logits of both directions, queue columns appended."""
         sim = imu @ text.T
         base = sim / self.temperature  # in-batch imu -> text logits, contiguous
-        logits_it, logits_ti = base, base.T
-        if text_queue is not None:
-            extra = imu @ text_queue.to(imu.dtype).T / self.temperature
-            logits_it = torch.cat([logits_it, extra], dim=1)
-        if imu_queue is not None:
-            extra = text @ imu_queue.to(text.dtype).T / self.temperature
-            logits_ti = torch.cat([logits_ti, extra], dim=1)
+        logits_it = self._with_queue(base, imu, text_queue)
+        logits_ti = self._with_queue(base.T, text, imu_queue)
         return Logits(sim, base, logits_it, logits_ti)
+
+    def _with_queue(self, logits: Tensor, rows: Tensor, queue: Tensor | None) -> Tensor:
+        """``logits`` with a queue's columns appended (``rows @ queue.T / temperature``)."""
+        if queue is None:
+            return logits
+        extra = rows @ queue.to(rows.dtype).T / self.temperature
+        return torch.cat([logits, extra], dim=1)
 
     def forward(
         self,
@@ -398,13 +400,8 @@ class InfoNCELoss(nn.Module):
             sim_it = imu @ text_all.T
             base_it = sim_it / self.temperature
             base_ti = text @ imu_all.T / self.temperature
-            logits_it, logits_ti = base_it, base_ti
-            if text_queue is not None:
-                extra = imu @ text_queue.to(dtype).T / self.temperature
-                logits_it = torch.cat([logits_it, extra], dim=1)
-            if imu_queue is not None:
-                extra = text @ imu_queue.to(dtype).T / self.temperature
-                logits_ti = torch.cat([logits_ti, extra], dim=1)
+            logits_it = self._with_queue(base_it, imu, text_queue)
+            logits_ti = self._with_queue(base_ti, text, imu_queue)
             with contextlib.nullcontext() if targets.graph else torch.no_grad():
                 rows = targets.rows(start, start + batch)
                 row_sums = targets.row_sums()

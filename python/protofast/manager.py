@@ -381,6 +381,12 @@ class _Prepared(NamedTuple):
     cluster_labels: defaultdict[int, list[str]]
 
 
+def _clusters_of(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The cluster of each store id in a cluster table (its last entry is -1: ids past the
+    clustering and -1 both land on it)."""
+    return table[np.minimum(ids, len(table) - 1)]
+
+
 def _means(store: LabelStore, ids: np.ndarray) -> np.ndarray:
     """The means of store ids ``ids`` (no second copy when they are every label)."""
     means = store.means()
@@ -728,21 +734,14 @@ class PrototypeManager:
         self._delta, self._pending, self._spare = LabelStore(), spare, None
         store, table = self.store, self._cluster_table
         initialized, settings, renumber = self.is_initialized, self._settings(), self.renumber
-        init = None
-        if (
-            self.warm_start
-            and self.prototypes is not None
-            and self.prototypes.shape == (self.num_clusters, self.store.dim)
-        ):
-            init = self.prototypes.detach().cpu().float().numpy()
-        swap_at = None if self.swap_after is None else self.num_batches + self.swap_after
-        incoming = _Incoming(np.zeros(0, dtype=np.int64), swap_at)
+        init = self._warm_init()
+        incoming = _Incoming(np.zeros(0, dtype=np.int64), self._swap_at())
 
         def work() -> _Clustering:
             pending.fold(labels, store)
             incoming.spare = pending
             ids = np.flatnonzero(store.counts() > 0)
-            previous = table[np.minimum(ids, len(table) - 1)] if initialized else None
+            previous = _clusters_of(table, ids) if initialized else None
             incoming.ids = ids
             return _cluster(_Snapshot(ids, _means(store, ids), previous, init), settings, renumber)
 
@@ -1035,14 +1034,23 @@ class PrototypeManager:
         ids = np.flatnonzero(self.store.counts() > 0)
         means = _means(self.store, ids) if read_means else None
         previous = self._host_clusters(ids) if self.is_initialized else None
-        init = None
+        return _Snapshot(ids, means, previous, self._warm_init())
+
+    def _warm_init(self) -> np.ndarray | None:
+        """The previous prototypes as a warm start's initial centroids (``warm_start`` with
+        prototypes of the current shape), else ``None``."""
         if (
             self.warm_start
             and self.prototypes is not None
             and self.prototypes.shape == (self.num_clusters, self.store.dim)
         ):
-            init = self.prototypes.detach().cpu().float().numpy()
-        return _Snapshot(ids, means, previous, init)
+            return self.prototypes.detach().cpu().float().numpy()
+        return None
+
+    def _swap_at(self) -> int | None:
+        """The add_labels call that installs a background re-clustering started now (``None``:
+        the first call after it is done)."""
+        return None if self.swap_after is None else self.num_batches + self.swap_after
 
     def _recluster(self, ctx: Ranks | None) -> None:
         """Re-clusters now, or starts a background re-clustering (``async_update``); with
@@ -1063,8 +1071,7 @@ class PrototypeManager:
 
         computes = ctx is None or ctx.rank == 0
         if self.async_update:
-            swap_at = None if self.swap_after is None else self.num_batches + self.swap_after
-            incoming = _Incoming(snapshot.ids, swap_at)
+            incoming = _Incoming(snapshot.ids, self._swap_at())
             if computes:
                 ids = snapshot.ids
                 incoming.start(work, lambda result: _prepare(store, ids, result.assignments))
@@ -1249,8 +1256,7 @@ class PrototypeManager:
 
     def _host_clusters(self, ids: np.ndarray) -> np.ndarray:
         """Cluster of each store id at the last clustering; -1 for ids it did not see."""
-        table = self._cluster_table  # ids past the clustering and -1 both land on the -1
-        return table[np.minimum(ids, len(table) - 1)]
+        return _clusters_of(self._cluster_table, ids)
 
     def _scaled_prototypes(self, device: torch.device, dtype: torch.dtype, temperature: float):
         """``prototypes / temperature`` on ``device`` in ``dtype``, cached until they change."""
