@@ -14,35 +14,9 @@ pub const ROW_BLOCK: usize = 256;
 
 /// `out (m×n) = a (m×d) · bᵀ (b is n×d)`, all row-major, single-threaded.
 pub fn dot_nt(a: &[f32], m: usize, b: &[f32], n: usize, d: usize, out: &mut [f32]) {
-    gemm_nt(a, m, b, n, d, out, n, 1);
-}
-
-/// `out (n×m) = b (n×d) · aᵀ (a is m×d)`: [`dot_nt`]'s products, transposed,
-/// `out[j·m + i] = a_i · b_j`, written in that layout by the product itself
-/// (no copy): the same values as [`dot_nt`] bit for bit. Single-threaded.
-pub fn dot_nt_transposed(a: &[f32], m: usize, b: &[f32], n: usize, d: usize, out: &mut [f32]) {
-    gemm_nt(a, m, b, n, d, out, 1, m);
-}
-
-/// `a_i · b_j` (a is m×d, b is n×d, row-major) for every pair, written to
-/// `out[i·row_stride + j·col_stride]`: `(n, 1)` is row-major m×n, `(1, m)`
-/// column-major. The strides change where a value goes, never how it is
-/// summed. Single-threaded.
-#[allow(clippy::too_many_arguments)]
-fn gemm_nt(
-    a: &[f32],
-    m: usize,
-    b: &[f32],
-    n: usize,
-    d: usize,
-    out: &mut [f32],
-    row_stride: usize,
-    col_stride: usize,
-) {
     debug_assert_eq!(a.len(), m * d);
     debug_assert_eq!(b.len(), n * d);
     debug_assert_eq!(out.len(), m * n);
-    debug_assert!((row_stride, col_stride) == (n, 1) || (row_stride, col_stride) == (1, m));
     if m == 0 || n == 0 {
         return;
     }
@@ -52,9 +26,8 @@ fn gemm_nt(
     }
     // SAFETY: `a` is m×d and `b` is n×d, row-major, as the strides below say
     // (lengths checked above in debug builds and by every caller), and `out`
-    // holds m·n values whose element (i, j) is at `i·row_stride +
-    // j·col_stride < m·n` for both stride pairs allowed above, so every
-    // element `gemm` reads or writes is inside its slice; `out` is a unique
+    // holds m·n values whose element (i, j) is at `i·n + j < m·n`, so
+    // every element `gemm` reads or writes is inside its slice; `out` is a unique
     // borrow, so it aliases neither input. `read_dst` is false, so `out`'s
     // previous contents are never read. `Parallelism::None` keeps the product
     // on this thread: the summation order depends only on the shapes, never
@@ -65,8 +38,8 @@ fn gemm_nt(
             n,
             d,
             out.as_mut_ptr(),
-            col_stride as isize,
-            row_stride as isize,
+            1,
+            n as isize,
             false,
             a.as_ptr(),
             1,
@@ -223,24 +196,6 @@ mod tests {
             for j in 0..n {
                 let want = naive_dot(&a[i * d..(i + 1) * d], &b[j * d..(j + 1) * d]);
                 assert!((out[i * n + j] - want).abs() < 1e-5);
-            }
-        }
-    }
-
-    #[test]
-    fn transposed_products_are_dot_nt_bit_for_bit() {
-        let d = 384;
-        let a: Vec<f32> = (0..300 * d).map(|i| (i as f32 * 0.37).sin()).collect();
-        let b: Vec<f32> = (0..130 * d).map(|i| (i as f32 * 0.11).cos()).collect();
-        for (m, n) in [(1, 1), (7, 5), (256, 100), (300, 130), (64, 17), (5, 130)] {
-            let mut rows = vec![0.0; m * n];
-            dot_nt(&a[..m * d], m, &b[..n * d], n, d, &mut rows);
-            let mut cols = vec![0.0; m * n];
-            dot_nt_transposed(&a[..m * d], m, &b[..n * d], n, d, &mut cols);
-            for i in 0..m {
-                for j in 0..n {
-                    assert_eq!(rows[i * n + j].to_bits(), cols[j * m + i].to_bits());
-                }
             }
         }
     }

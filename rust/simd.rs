@@ -284,33 +284,6 @@ multiversion! {
     }
 }
 
-multiversion! {
-    /// For each column `r < m` of `vals` (`cn.len()` rows of `m`), over
-    /// `v_j = cn[j] − 2·vals[j·m + r]`: the smallest into `m1[r]`, the second
-    /// smallest into `m2[r]` (+∞ when there is one row) and the `j` of the
-    /// smallest, the lowest among equals, into `arg[r]`. Vectorised across
-    /// columns.
-    pub fn column_argmin2(cn: &[f32], vals: &[f32], m1: &mut [f32], m2: &mut [f32], arg: &mut [u32]) {
-        let m = m1.len().min(m2.len()).min(arg.len());
-        let (m1, m2, arg) = (&mut m1[..m], &mut m2[..m], &mut arg[..m]);
-        m1.fill(f32::INFINITY);
-        m2.fill(f32::INFINITY);
-        arg.fill(0);
-        for (j, (&c, row)) in cn.iter().zip(vals.chunks_exact(m.max(1))).enumerate() {
-            let row = &row[..m];
-            let j = j as u32;
-            for r in 0..m {
-                let v = c - 2.0 * row[r];
-                let lt = v < m1[r];
-                let second = if v < m2[r] { v } else { m2[r] };
-                m2[r] = if lt { m1[r] } else { second };
-                arg[r] = if lt { j } else { arg[r] };
-                m1[r] = if lt { v } else { m1[r] };
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,29 +326,6 @@ mod tests {
                 assert_eq!(got.0, want.0, "k={k} ties={ties}");
                 assert_eq!(got.1.to_bits(), want.1.to_bits());
                 assert_eq!(got.2.to_bits(), want.2.to_bits(), "k={k} ties={ties}");
-            }
-        }
-    }
-
-    #[test]
-    fn column_argmin2_matches_the_scalar_scan_of_each_column() {
-        let mut rng = Rng::new(6);
-        for (kg, m) in [(1, 5), (3, 1), (16, 37), (20, 64)] {
-            for ties in [false, true] {
-                let cn: Vec<f32> = (0..kg).map(|_| rng.below(3) as f32).collect();
-                let vals: Vec<f32> = (0..kg * m)
-                    .map(|_| if ties { 0.25 } else { rng.next_f64() as f32 })
-                    .collect();
-                let (mut m1, mut m2, mut arg) = (vec![0f32; m], vec![0f32; m], vec![0u32; m]);
-                column_argmin2(&cn, &vals, &mut m1, &mut m2, &mut arg);
-                for r in 0..m {
-                    let col: Vec<f32> = (0..kg).map(|j| vals[j * m + r]).collect();
-                    let (b, v1, v2) = argmin2_scalar(&cn, &col);
-                    assert_eq!(
-                        (arg[r] as usize, m1[r].to_bits(), m2[r].to_bits()),
-                        (b, v1.to_bits(), v2.to_bits())
-                    );
-                }
             }
         }
     }

@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use crate::simd::column_argmin2;
+use crate::kernels::argmin::{argmin_rows, Packed};
 
 use super::bounds::{dist_rel_err, Bounds, Groups};
 
@@ -13,9 +13,10 @@ pub(super) struct GroupedCentroids<'a> {
     /// squared norms.
     pub(super) c: &'a [f32],
     pub(super) c_norms: &'a [f32],
-    /// Rows permuted into group order, and their squared norms.
-    pub(super) cp: Vec<f32>,
+    /// Squared norms in group order.
     pub(super) cp_norms: Vec<f32>,
+    /// Each group's centroids packed for [`argmin_rows`].
+    pub(super) packed: Vec<Packed>,
     pub(super) groups: &'a Groups,
     /// Half the distance from each centroid to its nearest other one (a
     /// lower bound), original order; zeros when not computed.
@@ -33,7 +34,6 @@ struct Scratch {
     need: Vec<u32>,
     per_group: Vec<Vec<u32>>,
     gathered: Vec<f32>,
-    dots: Vec<f32>,
     best: Vec<(f32, u32)>,
     /// Each block row's position in `need` (`u32::MAX`: not needed).
     pos: Vec<u32>,
@@ -53,24 +53,24 @@ struct GroupScan {
 }
 
 impl GroupScan {
-    /// Over group `g` of the centroids, for each of the `m` rows whose
-    /// products with the group's centroids are the columns of `dots` (one
-    /// row of `m` per centroid): the smallest value of `‖c‖² − 2x·c`, the
-    /// second smallest and the original index of the smallest (the lowest
-    /// among equals: a group's centroids are in ascending order), into
-    /// `m1`, `m2` and `arg`.
-    fn scan(&mut self, gc: &GroupedCentroids, g: usize, dots: &[f32], m: usize) {
-        let (st, en) = (gc.groups.start[g], gc.groups.start[g + 1]);
+    /// Over group `g` of the centroids, for each of the `m` rows of `rows`
+    /// (m×d): the smallest value of `‖c‖² − 2x·c`, the second smallest and
+    /// the original index of the smallest (the lowest among equals: a
+    /// group's centroids are in ascending order), into `m1`, `m2` and
+    /// `arg`.
+    fn scan(&mut self, gc: &GroupedCentroids, g: usize, rows: &[f32], m: usize) {
         self.m1.resize(m, 0.0);
         self.m2.resize(m, 0.0);
         self.arg.resize(m, 0);
-        column_argmin2(
-            &gc.cp_norms[st..en],
-            dots,
+        argmin_rows(
+            rows,
+            m,
+            &gc.packed[g],
             &mut self.m1,
-            &mut self.m2,
+            Some(&mut self.m2),
             &mut self.arg,
         );
+        let st = gc.groups.start[g];
         for a in &mut self.arg {
             *a = gc.groups.order[st + *a as usize];
         }
@@ -78,10 +78,10 @@ impl GroupScan {
 }
 
 /// The plain assignment step: every point compared with every centroid by
-/// the products [`assign_grouped`] computes (one product per block of
-/// [`GROUP_BLOCK`] rows, written column by column, scanned by SIMD over the
-/// rows), so the labels and distances are those of a full grouped step bit
-/// for bit. Ties go to the lowest index.
+/// the fused kernel ([`argmin_rows`], centroids packed once per step), whose
+/// products are summed as [`assign_grouped`]'s, so the labels and distances
+/// are those of a full grouped step bit for bit. Ties go to the lowest
+/// index.
 pub(super) fn assign_plain(
     x: &[f32],
     x_norms: &[f32],
@@ -91,28 +91,20 @@ pub(super) fn assign_plain(
     labels: &mut [u32],
     dists: &mut [f32],
 ) {
-    let k = c_norms.len();
+    let packed = Packed::new(c, c_norms, d);
     x.par_chunks(GROUP_BLOCK * d)
         .zip(labels.par_chunks_mut(GROUP_BLOCK))
         .zip(dists.par_chunks_mut(GROUP_BLOCK))
         .enumerate()
-        .for_each_init(
-            || (Vec::new(), GroupScan::default()),
-            |(dots, cols), (b, ((xb, lb), db))| {
-                let m = lb.len();
-                dots.resize(m * k, 0.0);
-                crate::linalg::dot_nt_transposed(xb, m, c, k, d, dots);
-                cols.m1.resize(m, 0.0);
-                cols.m2.resize(m, 0.0);
-                cols.arg.resize(m, 0);
-                column_argmin2(c_norms, dots, &mut cols.m1, &mut cols.m2, &mut cols.arg);
-                let norms = &x_norms[b * GROUP_BLOCK..b * GROUP_BLOCK + m];
-                for r in 0..m {
-                    lb[r] = cols.arg[r];
-                    db[r] = (norms[r] + cols.m1[r]).max(0.0);
-                }
-            },
-        );
+        .for_each_init(Vec::new, |m1, (b, ((xb, lb), db))| {
+            let m = lb.len();
+            m1.resize(m, 0.0);
+            argmin_rows(xb, m, &packed, m1, None, lb);
+            let norms = &x_norms[b * GROUP_BLOCK..b * GROUP_BLOCK + m];
+            for r in 0..m {
+                db[r] = (norms[r] + m1[r]).max(0.0);
+            }
+        });
 }
 
 /// Rows per block of the bounded assignment: larger than
@@ -298,11 +290,8 @@ impl Scratch {
             }
             &self.gathered
         };
-        self.dots.resize(m * k, 0.0);
-        crate::linalg::dot_nt_transposed(src, m, &gc.cp, k, d, &mut self.dots);
         for g in 0..t {
-            let (st, en) = (gc.groups.start[g], gc.groups.start[g + 1]);
-            self.cols.scan(gc, g, &self.dots[st * m..en * m], m);
+            self.cols.scan(gc, g, src, m);
             for p in 0..m {
                 let c = &self.cols;
                 let found = (p as u32, g as u32, c.m1[p], c.m2[p], c.arg[p]);
@@ -330,25 +319,14 @@ impl Scratch {
             if rows_g.is_empty() {
                 continue;
             }
-            let (st, en) = (gc.groups.start[g], gc.groups.start[g + 1]);
-            let kg = en - st;
             let mg = rows_g.len();
             self.gathered.clear();
             for &r in rows_g {
                 let r = r as usize;
                 self.gathered.extend_from_slice(&xb[r * d..(r + 1) * d]);
             }
-            self.dots.resize(mg * kg, 0.0);
             products += 1;
-            crate::linalg::dot_nt_transposed(
-                &self.gathered,
-                mg,
-                &gc.cp[st * d..en * d],
-                kg,
-                d,
-                &mut self.dots,
-            );
-            self.cols.scan(gc, g, &self.dots[..mg * kg], mg);
+            self.cols.scan(gc, g, &self.gathered, mg);
             for (q, &r) in self.per_group[g].iter().enumerate() {
                 let c = &self.cols;
                 let found = (self.pos[r as usize], g as u32, c.m1[q], c.m2[q], c.arg[q]);

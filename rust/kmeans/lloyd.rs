@@ -1,5 +1,6 @@
 //! Lloyd's iterations, with or without the grouped bounds.
 
+use crate::kernels::argmin::Packed;
 use crate::linalg::{row_sq_norms, sq_dist};
 
 use super::assign::{assign_grouped, assign_plain, AssignStats, GroupedCentroids};
@@ -249,25 +250,33 @@ impl BoundedSteps {
     ) -> AssignStats {
         let (n, k) = (labels.len(), c_norms.len());
         let full = self.full;
+        let cp: Vec<f32> = self
+            .groups
+            .order
+            .iter()
+            .flat_map(|&j| {
+                centroids[j as usize * d..(j as usize + 1) * d]
+                    .iter()
+                    .copied()
+            })
+            .collect();
+        let cp_norms: Vec<f32> = self
+            .groups
+            .order
+            .iter()
+            .map(|&j| c_norms[j as usize])
+            .collect();
+        let packed = (0..self.groups.len())
+            .map(|g| {
+                let (st, en) = (self.groups.start[g], self.groups.start[g + 1]);
+                Packed::new(&cp[st * d..en * d], &cp_norms[st..en], d)
+            })
+            .collect();
         let mut gc = GroupedCentroids {
             c: centroids,
             c_norms,
-            cp: self
-                .groups
-                .order
-                .iter()
-                .flat_map(|&j| {
-                    centroids[j as usize * d..(j as usize + 1) * d]
-                        .iter()
-                        .copied()
-                })
-                .collect(),
-            cp_norms: self
-                .groups
-                .order
-                .iter()
-                .map(|&j| c_norms[j as usize])
-                .collect(),
+            cp_norms,
+            packed,
             groups: &self.groups,
             half_sep: if full {
                 vec![0f32; k]

@@ -8,6 +8,11 @@
 //! on the CPU's level (detected once per process, see [`crate::cpu`]), never
 //! on the thread count, on which rows a call covers or on how many
 //! candidates it scores at once.
+//!
+//! [`argmin`] holds the nearest-centroid kernel of Lloyd's assignment step
+//! (products and argmin fused, one summation order on every level).
+
+pub(crate) mod argmin;
 
 use crate::cpu::{self, CpuLevel};
 
