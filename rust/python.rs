@@ -72,7 +72,7 @@ fn ids_to_py(py: Python<'_>, ids: Vec<u32>) -> Bound<'_, PyArray1<i64>> {
 
 /// k-means; see `protofast.kmeans` for the documented wrapper.
 #[pyfunction]
-#[pyo3(signature = (x, k, *, n_init, max_iter, tol, seed, init, init_centroids, spherical, n_local_trials=None))]
+#[pyo3(signature = (x, k, *, n_init, max_iter, tol, seed, init, init_centroids, spherical, n_local_trials=None, reassign=true))]
 #[allow(clippy::too_many_arguments)]
 fn kmeans_raw<'py>(
     py: Python<'py>,
@@ -86,6 +86,7 @@ fn kmeans_raw<'py>(
     init_centroids: Option<PyReadonlyArray2<'py, f32>>,
     spherical: bool,
     n_local_trials: Option<usize>,
+    reassign: bool,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let (data, n, d) = matrix(&x);
     let init = match (init, &init_centroids) {
@@ -115,6 +116,7 @@ fn kmeans_raw<'py>(
         init,
         spherical,
         n_local_trials,
+        reassign,
     };
     // restarts side by side need the whole pool, however small each step is
     let work = if kmeans::parallel_restarts(n, d, k, n_init) {

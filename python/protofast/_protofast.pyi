@@ -38,6 +38,7 @@ def kmeans_raw(
     init_centroids: npt.NDArray[np.float32] | None,
     spherical: bool,
     n_local_trials: int | None = None,
+    reassign: bool = True,
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], float, int, bool]: ...
 def kmeans_plusplus_raw(
     x: npt.NDArray[np.float32], k: int, *, seed: int, n_local_trials: int | None = None

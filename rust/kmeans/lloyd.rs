@@ -9,7 +9,8 @@ use super::sums::{exact_inertia, ClusterSums};
 use super::KMeansResult;
 
 /// Lloyd iterations from `centroids`; returns the run's result with labels
-/// and inertia taken against the returned centroids.
+/// taken against the returned centroids (`reassign`; else those of the
+/// last assignment step) and the inertia of those labels.
 ///
 /// With `bounded`, once few points change cluster ([`bounds_will_pay`]),
 /// the assignment steps skip the points and groups of centroids whose
@@ -27,9 +28,10 @@ pub(super) fn lloyd(
     tol: f64,
     spherical: bool,
     bounded: bool,
+    reassign: bool,
 ) -> KMeansResult {
     lloyd_counting(
-        x, x_norms, n, d, centroids, max_iter, tol, spherical, bounded,
+        x, x_norms, n, d, centroids, max_iter, tol, spherical, bounded, reassign,
     )
     .0
 }
@@ -73,6 +75,7 @@ fn lloyd_counting(
     tol: f64,
     spherical: bool,
     bounded: bool,
+    reassign: bool,
 ) -> (KMeansResult, usize, usize) {
     let k = centroids.len() / d;
     let mut labels = vec![0u32; n];
@@ -132,8 +135,9 @@ fn lloyd_counting(
     // The labels against the returned centroids: those of the last step
     // when its update changed no centroid, else one more assignment step,
     // bounded when the bounds are current (the plain step's labels either
-    // way).
-    if !unchanged {
+    // way). Without `reassign`, the last step's labels stay (a run of no
+    // step still needs one).
+    if !unchanged && (reassign || n_iter == 0) {
         let c_norms = row_sq_norms(&centroids, d);
         assign_step(
             bounded_steps.as_mut().filter(|b| b.is_current()),
@@ -354,12 +358,34 @@ mod tests {
             let init = random_init(&x, n, d, k, &mut Rng::new(3));
             let run = |bounded: bool, threads: usize| {
                 in_pool(threads, || {
-                    lloyd(&x, &norms, n, d, init.clone(), iters, 0.0, false, bounded)
+                    lloyd(
+                        &x,
+                        &norms,
+                        n,
+                        d,
+                        init.clone(),
+                        iters,
+                        0.0,
+                        false,
+                        bounded,
+                        true,
+                    )
                 })
             };
             let plain = run(false, 1);
             let (fast, products, _) = in_pool(2, || {
-                lloyd_counting(&x, &norms, n, d, init.clone(), iters, 0.0, false, true)
+                lloyd_counting(
+                    &x,
+                    &norms,
+                    n,
+                    d,
+                    init.clone(),
+                    iters,
+                    0.0,
+                    false,
+                    true,
+                    true,
+                )
             });
             if k >= 70 {
                 assert!(Groups::new(&init, k, d).len() > 2);
@@ -380,9 +406,31 @@ mod tests {
         let init = random_init(&x, n, d, 10, &mut Rng::new(5));
         let mut some_bounded = false;
         for iters in 1..=6 {
-            let plain = lloyd(&x, &norms, n, d, init.clone(), iters, 0.0, false, false);
+            let plain = lloyd(
+                &x,
+                &norms,
+                n,
+                d,
+                init.clone(),
+                iters,
+                0.0,
+                false,
+                false,
+                true,
+            );
             let (fast, _, steps) = in_pool(2, || {
-                lloyd_counting(&x, &norms, n, d, init.clone(), iters, 0.0, false, true)
+                lloyd_counting(
+                    &x,
+                    &norms,
+                    n,
+                    d,
+                    init.clone(),
+                    iters,
+                    0.0,
+                    false,
+                    true,
+                    true,
+                )
             });
             some_bounded |= steps > 0;
             assert_eq!(plain, fast, "iters={iters}");
@@ -399,6 +447,7 @@ mod tests {
                     iters,
                     0.0,
                     false,
+                    true,
                     true
                 ))
             );
@@ -408,8 +457,66 @@ mod tests {
         let (x, n) = blobs(50, 7);
         let norms = row_sq_norms(&x, 2);
         let init = vec![5.0, 5.0, 100.0, 100.0, 200.0, 200.0, 0.0, 0.1];
-        let plain = lloyd(&x, &norms, n, 2, init.clone(), 20, 0.0, false, false);
-        let fast = lloyd(&x, &norms, n, 2, init, 20, 0.0, false, true);
+        let plain = lloyd(&x, &norms, n, 2, init.clone(), 20, 0.0, false, false, true);
+        let fast = lloyd(&x, &norms, n, 2, init, 20, 0.0, false, true, true);
         assert_eq!(plain, fast);
+    }
+
+    #[test]
+    fn without_reassign_the_centroids_are_the_means_of_the_labels() {
+        let d = 8;
+        let x = hd_blobs(200, 8, d, 6.0, false);
+        let n = x.len() / d;
+        let norms = row_sq_norms(&x, d);
+        let init = random_init(&x, n, d, 12, &mut Rng::new(9));
+        let mut differed = false;
+        for iters in 0..=4 {
+            for bounded in [false, true] {
+                let run = |reassign| {
+                    lloyd(
+                        &x,
+                        &norms,
+                        n,
+                        d,
+                        init.clone(),
+                        iters,
+                        0.0,
+                        false,
+                        bounded,
+                        reassign,
+                    )
+                };
+                let (nearest, last) = (run(true), run(false));
+                assert_eq!(nearest.centroids, last.centroids, "iters={iters}");
+                assert_eq!(nearest.n_iter, last.n_iter);
+                differed |= nearest.labels != last.labels;
+                if iters == 0 {
+                    assert_eq!(nearest, last, "no step: the labels are the nearest");
+                    continue;
+                }
+                // every non-empty cluster of `last` averages its members
+                // (f64 sums, scaled by the inverse count as the update does)
+                for j in 0..12u32 {
+                    let mut sum = vec![0f64; d];
+                    let mut count = 0usize;
+                    for (row, _) in x.chunks(d).zip(&last.labels).filter(|(_, &l)| l == j) {
+                        count += 1;
+                        sum.iter_mut().zip(row).for_each(|(s, &v)| *s += v as f64);
+                    }
+                    if count > 0 {
+                        let inv = 1.0 / count as f64;
+                        let mean: Vec<f32> = sum.iter().map(|s| (s * inv) as f32).collect();
+                        assert_eq!(mean, &last.centroids[j as usize * d..(j as usize + 1) * d]);
+                    }
+                }
+                let inertia =
+                    crate::kmeans::sums::exact_inertia(&x, d, &last.centroids, &last.labels);
+                assert_eq!(inertia.to_bits(), last.inertia.to_bits());
+            }
+        }
+        assert!(
+            differed,
+            "the two labellings never differed: the test cannot fail"
+        );
     }
 }

@@ -69,6 +69,12 @@ pub struct KMeansParams {
     /// scikit-learn); `Some(1)`: the original k-means++ (one draw per centre,
     /// as faiss), about (2 + ln k)× cheaper for a slightly worse start.
     pub n_local_trials: Option<usize>,
+    /// After the last update, label every point with its nearest returned
+    /// centroid (scikit-learn's labels; one more distance pass unless the
+    /// last update moved no centroid). `false`: the labels of the last
+    /// assignment step, whose member means the returned centroids are (the
+    /// partition faiss's centroids come from), without that pass.
+    pub reassign: bool,
 }
 
 impl KMeansParams {
@@ -83,6 +89,7 @@ impl KMeansParams {
             init: Init::KMeansPlusPlus,
             spherical: false,
             n_local_trials: None,
+            reassign: true,
         }
     }
 }
@@ -92,7 +99,8 @@ impl KMeansParams {
 pub struct KMeansResult {
     /// k×d centroids, row-major.
     pub centroids: Vec<f32>,
-    /// The nearest centroid of each point.
+    /// The nearest centroid of each point (with `reassign`; else the label
+    /// of the last assignment step).
     pub labels: Vec<u32>,
     /// Sum of squared distances of points to their centroid (exact, f64).
     pub inertia: f64,
@@ -217,6 +225,7 @@ fn kmeans_with(
             tol,
             params.spherical,
             bounded,
+            params.reassign,
         )
     };
     // Small problems run their restarts side by side (a step is too short to

@@ -155,6 +155,31 @@ def test_same_init_same_iterations_as_sklearn_lloyd() -> None:
     assert np.array_equal(ours.labels, theirs.labels_)
 
 
+def test_reassign_false_keeps_the_partition_the_centroids_average() -> None:
+    from sklearn.cluster import KMeans
+
+    x = blobs(300, 8, 16, 4.0, 4)
+    init = x[:8].copy()
+    differed = False
+    for iters in (1, 2, 3, 5):
+        nearest = kmeans(x, 8, init=init, max_iter=iters, tol=0.0)
+        last = kmeans(x, 8, init=init, max_iter=iters, tol=0.0, reassign=False)
+        np.testing.assert_array_equal(nearest.centroids, last.centroids)
+        assert nearest.n_iter == last.n_iter == iters
+        # the default: scikit-learn's labels (nearest final centroid)
+        theirs = KMeans(8, init=init, n_init=1, max_iter=iters, tol=0.0, algorithm="lloyd").fit(x)
+        np.testing.assert_array_equal(nearest.labels, theirs.labels_)
+        # reassign=False: every centroid is the mean of its members
+        for j in np.unique(last.labels):
+            mean = x[last.labels == j].astype(np.float64).mean(axis=0)
+            np.testing.assert_allclose(last.centroids[j], mean, rtol=1e-5, atol=1e-5)
+        assert last.inertia == pytest.approx(
+            sq_dists(x, last.centroids)[np.arange(len(x)), last.labels].sum(), rel=1e-9
+        )
+        differed |= not np.array_equal(nearest.labels, last.labels)
+    assert differed, "the labellings never differed: the test cannot fail"
+
+
 @pytest.mark.parametrize("trials", [1, 3])
 def test_fewer_local_trials_give_a_comparable_clustering(trials: int) -> None:
     x = blobs(200, 12, 16, 2.0, 6)
@@ -272,6 +297,7 @@ def test_accepts_any_real_array(convert) -> None:
         ({"init": np.zeros((3, 2))}, ProtofastError, "init: expected 2×3"),
         ({"n_local_trials": 0}, ProtofastError, "n_local_trials: must be at least 1"),
         ({"n_local_trials": 1.0}, TypeError, "n_local_trials: expected an int"),
+        ({"reassign": 1}, TypeError, "reassign"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(kwargs, exc, match) -> None:
