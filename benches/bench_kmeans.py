@@ -195,11 +195,16 @@ def sklearn_init_only(x: np.ndarray, k: int) -> KMOut:
     return KMOut(centers.astype(np.float32), 0)
 
 
-def protofast_fixed(x: np.ndarray, c0: np.ndarray, iters: int) -> KMOut:
-    """protofast.kmeans from ``c0``: ``n_init=1, max_iter=iters, tol=0``."""
+def protofast_fixed(x: np.ndarray, c0: np.ndarray, iters: int, reassign: bool = True) -> KMOut:
+    """protofast.kmeans from ``c0``: ``n_init=1, max_iter=iters, tol=0``.
+
+    ``reassign=False`` keeps the last assignment step's labels (``iters`` distance passes, as
+    faiss's training) instead of one more pass for the nearest returned centroid (scikit-learn's
+    labels, ``iters + 1`` passes).
+    """
     pf = common.load_protofast(quiet=True)
     assert pf is not None
-    r = pf.kmeans(x, c0.shape[0], init=c0, n_init=1, max_iter=iters, tol=0.0)
+    r = pf.kmeans(x, c0.shape[0], init=c0, n_init=1, max_iter=iters, tol=0.0, reassign=reassign)
     return KMOut(np.asarray(r.centroids), int(r.n_iter))
 
 
@@ -231,7 +236,8 @@ def short_section(ctx: SizeContext, iters_list: Sequence[int]) -> list[dict[str,
 
     One row per iteration count: every tool runs ``it`` iterations from ``C0`` (``tol=0``), time
     per iteration = median total / iterations run; ratios are protofast's time per iteration over
-    faiss's and scikit-learn's (lloyd). The first-iteration figures are repeated on every row.
+    faiss's and scikit-learn's (lloyd), and that of protofast with ``reassign=False`` (as many
+    distance passes as faiss) over faiss's. The first-iteration figures are repeated on every row.
     """
     x, c0 = ctx.x, ctx.c0
     n, d = x.shape
@@ -249,6 +255,8 @@ def short_section(ctx: SizeContext, iters_list: Sequence[int]) -> list[dict[str,
         )
     runners: dict[str, Callable[[np.ndarray, int], KMOut]] = {
         "protofast": lambda data, it: protofast_fixed(data, c0, it),
+        # as many distance passes as faiss (no final reassignment)
+        "protofast-last": lambda data, it: protofast_fixed(data, c0, it, reassign=False),
         "sklearn-lloyd": lambda data, it: sklearn_fixed(data, c0, it, "lloyd"),
         "faiss": lambda data, it: faiss_fixed(data, c0, it),
     }
@@ -257,7 +265,10 @@ def short_section(ctx: SizeContext, iters_list: Sequence[int]) -> list[dict[str,
     for it in iters_list:
         per: dict[str, float] = {}
         iters_run: dict[str, int] = {}
-        for tool in (t for t in ctx.tools if t in runners):
+        tools = [t for t in ctx.tools if t in runners]
+        if "protofast" in tools:
+            tools.insert(tools.index("protofast") + 1, "protofast-last")
+        for tool in tools:
             t = _timed(
                 functools.partial(runners[tool], x, it),
                 repeats=ctx.repeats,
@@ -271,6 +282,7 @@ def short_section(ctx: SizeContext, iters_list: Sequence[int]) -> list[dict[str,
                 flush=True,
             )
         pf = per.get("protofast")
+        pf_last = per.get("protofast-last")
         rows.append(
             {
                 "size": ctx.label,
@@ -286,6 +298,7 @@ def short_section(ctx: SizeContext, iters_list: Sequence[int]) -> list[dict[str,
                 "first_vs_product": first / gemm_s if first is not None else None,
                 "vs_faiss": pf / per["faiss"] if pf and "faiss" in per else None,
                 "vs_sklearn": pf / per["sklearn-lloyd"] if pf and "sklearn-lloyd" in per else None,
+                "last_vs_faiss": pf_last / per["faiss"] if pf_last and "faiss" in per else None,
             }
         )
     return rows
@@ -752,7 +765,10 @@ def render_short(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> st
         f"### k-means short runs (same C0, tol=0, noise {args.noise})\n\n"
         "First iteration = protofast `max_iter=1` call less its `max_iter=0` call (the first "
         "assignment pass and update); numpy product = `x @ C0.T` in float32 as one call. "
-        "Ratios: protofast's time per iteration over the peer's (below 1: protofast faster).\n"
+        "Ratios: protofast's time per iteration over the peer's (below 1: protofast faster). "
+        "protofast returns each point's nearest final centroid, as scikit-learn (n iterations: "
+        "n + 1 distance passes); `reassign=False` keeps the last step's labels, as many passes as "
+        "faiss's training (n), compared with faiss in the last column.\n"
     )
     return head + common.markdown_table(
         [
@@ -766,6 +782,8 @@ def render_short(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> st
             "sklearn ms/iter",
             "vs faiss",
             "vs sklearn",
+            "reassign=False ms/iter",
+            "reassign=False vs faiss",
         ],
         [
             [
@@ -779,6 +797,8 @@ def render_short(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> st
                 ms(r["per_iter_s"].get("sklearn-lloyd")),
                 ratio(r["vs_faiss"]),
                 ratio(r["vs_sklearn"]),
+                ms(r["per_iter_s"].get("protofast-last")),
+                ratio(r.get("last_vs_faiss")),
             ]
             for r in rows
         ],
