@@ -43,19 +43,6 @@ macro_rules! multiversion {
 const LANES: usize = 16;
 
 multiversion! {
-    /// `acc[t] += Σ_i x[i·d + t]` over the rows `i` in `rows`, in their order,
-    /// in f64.
-    pub fn accumulate_rows(acc: &mut [f64], x: &[f32], rows: &[u32], d: usize) {
-        for &i in rows {
-            let src = &x[i as usize * d..(i as usize + 1) * d];
-            for (a, &v) in acc.iter_mut().zip(src) {
-                *a += v as f64;
-            }
-        }
-    }
-}
-
-multiversion! {
     /// `Σ_t a[t]·b[t]` in f32, over [`LANES`] partial sums (each over the
     /// indices congruent modulo `LANES`, in order) added in lane order.
     pub fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -363,17 +350,6 @@ mod tests {
                 .sum();
             let got = sq_dist(&a, &b);
             assert!((got - plain).abs() <= 1e-12 * plain.max(1.0), "n={n}");
-        }
-    }
-
-    #[test]
-    fn accumulate_rows_sums_in_f64() {
-        let x: Vec<f32> = (0..5 * 3).map(|v| v as f32 + 0.25).collect();
-        let mut acc = vec![0f64; 3];
-        accumulate_rows(&mut acc, &x, &[4, 0, 2], 3);
-        for (t, &a) in acc.iter().enumerate() {
-            let want: f64 = [4, 0, 2].iter().map(|&i| x[i * 3 + t] as f64).sum();
-            assert_eq!(a, want);
         }
     }
 

@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 use crate::linalg::{sq_dist, ROW_BLOCK};
-use crate::simd::{accumulate_rows, add_row, sub_row};
+use crate::simd::{add_row, sub_row};
 
 /// Σ‖x_i − c_{label_i}‖², in f64, per block then over blocks in order.
 pub fn exact_inertia(x: &[f32], d: usize, centroids: &[f32], labels: &[u32]) -> f64 {
@@ -48,61 +48,96 @@ impl ClusterSums {
         let n = labels.len();
         let Some(prev) = self.labels.as_mut() else {
             // First build: each cluster's members summed in index order.
-            let (offsets, order) = sort_by_label(labels, k);
-            self.counts = (0..k).map(|j| offsets[j + 1] - offsets[j]).collect();
+            self.counts = vec![0usize; k];
             self.sums = vec![0f64; k * d];
-            self.sums
-                .par_chunks_mut(d)
-                .enumerate()
-                .for_each(|(j, acc)| {
-                    accumulate_rows(acc, x, &order[offsets[j]..offsets[j + 1]], d);
-                });
+            let all = (0..n as u32).collect::<Vec<_>>();
+            self.apply(x, d, &all, |i| (Some(labels[i]), None));
             self.labels = Some(labels.to_vec());
             return n;
         };
-        // Moves, grouped by the cluster they touch: (point, +1 joins / −1 leaves).
+        // The points that changed cluster: each joins its new cluster and
+        // leaves its old one.
         let moved: Vec<u32> = (0..n as u32)
             .filter(|&i| labels[i as usize] != prev[i as usize])
             .collect();
         if moved.is_empty() {
             return 0;
         }
-        let mut offsets = vec![0usize; k + 1];
-        for &i in &moved {
-            offsets[labels[i as usize] as usize + 1] += 1;
-            offsets[prev[i as usize] as usize + 1] += 1;
-        }
-        for j in 0..k {
-            offsets[j + 1] += offsets[j];
-        }
-        let mut fill = offsets.clone();
-        let mut moves = vec![(0u32, false); offsets[k]];
-        for &i in &moved {
-            for (j, joins) in [(labels[i as usize], true), (prev[i as usize], false)] {
-                moves[fill[j as usize]] = (i, joins);
-                fill[j as usize] += 1;
-            }
-        }
-        self.sums
-            .par_chunks_mut(d)
-            .zip(self.counts.par_iter_mut())
-            .enumerate()
-            .for_each(|(j, (acc, count))| {
-                for &(i, joins) in &moves[offsets[j]..offsets[j + 1]] {
-                    let src = &x[i as usize * d..(i as usize + 1) * d];
-                    if joins {
-                        *count += 1;
-                        add_row(acc, src);
-                    } else {
-                        *count -= 1;
-                        sub_row(acc, src);
-                    }
-                }
-            });
+        let prev_labels: &[u32] = prev;
+        let events = |i: usize| (Some(labels[i]), Some(prev_labels[i]));
+        Self::apply_to(&mut self.sums, &mut self.counts, x, d, &moved, events);
         for &i in &moved {
             prev[i as usize] = labels[i as usize];
         }
         moved.len()
+    }
+
+    /// [`ClusterSums::apply_to`] on this one's sums and counts.
+    fn apply(
+        &mut self,
+        x: &[f32],
+        d: usize,
+        points: &[u32],
+        events: impl Fn(usize) -> (Option<u32>, Option<u32>) + Sync,
+    ) {
+        Self::apply_to(&mut self.sums, &mut self.counts, x, d, points, events);
+    }
+
+    /// For each of `points` (ascending), `events(i)`: the cluster point `i`
+    /// joins and the one it leaves; its row is added to the first's sum and
+    /// subtracted from the second's. The points are streamed in index order
+    /// (rows read in ascending addresses) by each of a few tasks, each
+    /// applying the events of one range of clusters: every cluster sees its
+    /// events in index order whatever the ranges, so the sums do not depend
+    /// on the thread count.
+    fn apply_to(
+        sums: &mut [f64],
+        counts: &mut [usize],
+        x: &[f32],
+        d: usize,
+        points: &[u32],
+        events: impl Fn(usize) -> (Option<u32>, Option<u32>) + Sync,
+    ) {
+        let k = counts.len();
+        if k == 0 {
+            return;
+        }
+        if d == 0 {
+            // no rows to add: counts only
+            for &i in points {
+                let (joins, leaves) = events(i as usize);
+                if let Some(j) = joins {
+                    counts[j as usize] += 1;
+                }
+                if let Some(j) = leaves {
+                    counts[j as usize] -= 1;
+                }
+            }
+            return;
+        }
+        let span = k.div_ceil(rayon::current_num_threads().max(1));
+        sums.par_chunks_mut(span * d)
+            .zip(counts.par_chunks_mut(span))
+            .enumerate()
+            .for_each(|(c, (acc, cnt))| {
+                let lo = (c * span) as u32;
+                let hi = lo + cnt.len() as u32;
+                let ours =
+                    |j: Option<u32>| j.filter(|&j| j >= lo && j < hi).map(|j| (j - lo) as usize);
+                for &i in points {
+                    let i = i as usize;
+                    let (joins, leaves) = events(i);
+                    let row = &x[i * d..(i + 1) * d];
+                    if let Some(j) = ours(joins) {
+                        cnt[j] += 1;
+                        add_row(&mut acc[j * d..(j + 1) * d], row);
+                    }
+                    if let Some(j) = ours(leaves) {
+                        cnt[j] -= 1;
+                        sub_row(&mut acc[j * d..(j + 1) * d], row);
+                    }
+                }
+            });
     }
 
     /// The centroids: each cluster's mean (unit-normalised when
@@ -164,23 +199,4 @@ impl ClusterSums {
         }
         new
     }
-}
-
-/// Stable counting sort of the points by label: `(offsets, order)` with the
-/// members of cluster `j` at `order[offsets[j]..offsets[j + 1]]`, ascending.
-fn sort_by_label(labels: &[u32], k: usize) -> (Vec<usize>, Vec<u32>) {
-    let mut offsets = vec![0usize; k + 1];
-    for &l in labels {
-        offsets[l as usize + 1] += 1;
-    }
-    for j in 0..k {
-        offsets[j + 1] += offsets[j];
-    }
-    let mut fill = offsets.clone();
-    let mut order = vec![0u32; labels.len()];
-    for (i, &l) in labels.iter().enumerate() {
-        order[fill[l as usize]] = i as u32;
-        fill[l as usize] += 1;
-    }
-    (offsets, order)
 }
