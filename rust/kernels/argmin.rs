@@ -403,6 +403,38 @@ unsafe fn tile<L: Lanes, const MR: usize, const V: usize, const SECOND: bool>(
     }
 }
 
+/// The element-wise methods of [`Lanes`] for an x86 vector type: each one
+/// intrinsic (`setzero`, `loadu`, `set1`, `storeu`, `fmadd`).
+#[cfg(target_arch = "x86_64")]
+macro_rules! x86_lanes {
+    ($zero:ident, $load:ident, $splat:ident, $store:ident, $fma:ident) => {
+        #[inline(always)]
+        unsafe fn zero() -> Self::V {
+            unsafe { std::arch::x86_64::$zero() }
+        }
+
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self::V {
+            unsafe { std::arch::x86_64::$load(p) }
+        }
+
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self::V {
+            unsafe { std::arch::x86_64::$splat(v) }
+        }
+
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: Self::V) {
+            unsafe { std::arch::x86_64::$store(p, v) }
+        }
+
+        #[inline(always)]
+        unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+            unsafe { std::arch::x86_64::$fma(a, b, c) }
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 struct Avx512;
 
@@ -411,30 +443,13 @@ impl Lanes for Avx512 {
     type V = std::arch::x86_64::__m512;
     const W: usize = 16;
 
-    #[inline(always)]
-    unsafe fn zero() -> Self::V {
-        unsafe { std::arch::x86_64::_mm512_setzero_ps() }
-    }
-
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> Self::V {
-        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
-    }
-
-    #[inline(always)]
-    unsafe fn splat(v: f32) -> Self::V {
-        unsafe { std::arch::x86_64::_mm512_set1_ps(v) }
-    }
-
-    #[inline(always)]
-    unsafe fn store(p: *mut f32, v: Self::V) {
-        unsafe { std::arch::x86_64::_mm512_storeu_ps(p, v) }
-    }
-
-    #[inline(always)]
-    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
-        unsafe { std::arch::x86_64::_mm512_fmadd_ps(a, b, c) }
-    }
+    x86_lanes!(
+        _mm512_setzero_ps,
+        _mm512_loadu_ps,
+        _mm512_set1_ps,
+        _mm512_storeu_ps,
+        _mm512_fmadd_ps
+    );
 
     #[inline(always)]
     unsafe fn fold<const SECOND: bool>(
@@ -474,30 +489,13 @@ impl Lanes for Avx2 {
     type V = std::arch::x86_64::__m256;
     const W: usize = 8;
 
-    #[inline(always)]
-    unsafe fn zero() -> Self::V {
-        unsafe { std::arch::x86_64::_mm256_setzero_ps() }
-    }
-
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> Self::V {
-        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
-    }
-
-    #[inline(always)]
-    unsafe fn splat(v: f32) -> Self::V {
-        unsafe { std::arch::x86_64::_mm256_set1_ps(v) }
-    }
-
-    #[inline(always)]
-    unsafe fn store(p: *mut f32, v: Self::V) {
-        unsafe { std::arch::x86_64::_mm256_storeu_ps(p, v) }
-    }
-
-    #[inline(always)]
-    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
-        unsafe { std::arch::x86_64::_mm256_fmadd_ps(a, b, c) }
-    }
+    x86_lanes!(
+        _mm256_setzero_ps,
+        _mm256_loadu_ps,
+        _mm256_set1_ps,
+        _mm256_storeu_ps,
+        _mm256_fmadd_ps
+    );
 
     #[inline(always)]
     unsafe fn fold<const SECOND: bool>(
