@@ -64,8 +64,9 @@ impl Packed {
         packed
     }
 
-    /// Centroids with room (whole panels).
-    fn padded(&self) -> usize {
+    /// Centroids with room (whole panels): the row length of
+    /// [`values_rows`]'s output.
+    pub(crate) fn padded(&self) -> usize {
         self.norms.len()
     }
 
@@ -110,13 +111,57 @@ pub(crate) fn argmin_rows(
     m2: Option<&mut [f32]>,
     arg: &mut [u32],
 ) {
-    assert!(x.len() == m * pc.d && m1.len() >= m && arg.len() >= m);
+    assert!(m1.len() >= m && arg.len() >= m);
     assert!(m2.as_ref().is_none_or(|s| s.len() >= m));
+    let out = Out {
+        m1,
+        m2,
+        arg,
+        values: None,
+    };
+    dispatch(x, m, pc, out);
+}
+
+/// For each of the `m` rows of `x` (m×d, row-major), the values `v_j =
+/// ‖c_j‖² − 2·x·c_j` of every packed centroid, bit for bit those
+/// [`argmin_rows`] takes the minimum of, into `values` (m rows of
+/// [`Packed::padded`], row-major; +∞ past the last centroid).
+/// Single-threaded.
+pub(crate) fn values_rows(x: &[f32], m: usize, pc: &Packed, values: &mut [f32]) {
+    assert!(values.len() >= m * pc.padded());
+    let out = Out {
+        m1: &mut [],
+        m2: None,
+        arg: &mut [],
+        values: Some(values),
+    };
+    dispatch(x, m, pc, out);
+}
+
+/// Over `v`: the smallest value, its index (the lowest among equals) and the
+/// second smallest (equal to the smallest when it occurs twice; +∞ for one
+/// value): what [`argmin_rows`] finds over the same values.
+pub(crate) fn smallest_two(v: &[f32]) -> (f32, u32, f32) {
+    let (mut b1, mut j1, mut b2) = (f32::INFINITY, 0u32, f32::INFINITY);
+    for (j, &x) in v.iter().enumerate() {
+        if x < b1 {
+            b2 = b1;
+            b1 = x;
+            j1 = j as u32;
+        } else if x < b2 {
+            b2 = x;
+        }
+    }
+    (b1, j1, b2)
+}
+
+/// Runs the kernel of `pc`'s level.
+fn dispatch(x: &[f32], m: usize, pc: &Packed, out: Out) {
+    assert!(x.len() == m * pc.d);
     assert!(pc.level <= cpu::level());
     if m == 0 {
         return;
     }
-    let out = Out { m1, m2, arg };
     match pc.level {
         // SAFETY: the level is this CPU's or below (asserted): `Avx512`
         // implies AVX-512F and FMA.
@@ -130,11 +175,13 @@ pub(crate) fn argmin_rows(
     }
 }
 
-/// Where [`argmin_rows`] writes.
+/// Where the kernel writes: the minima (`m1`, `m2`, `arg`), or every value
+/// (`values`, when given; the minima are then not computed).
 struct Out<'a> {
     m1: &'a mut [f32],
     m2: Option<&'a mut [f32]>,
     arg: &'a mut [u32],
+    values: Option<&'a mut [f32]>,
 }
 
 /// # Safety
@@ -166,6 +213,8 @@ trait Lanes {
     unsafe fn store(p: *mut f32, v: Self::V);
     /// `a·b + c`, fused (rounded once).
     unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// `norms − 2·acc`: the values [`Lanes::fold`] compares.
+    unsafe fn value(acc: Self::V, norms: *const f32) -> Self::V;
     /// Folds `v = norms − 2·acc` (lanes `j0..j0 + W`) into the running
     /// smallest `best` (index `idx`, the first seen among equals) and, with
     /// `SECOND`, the running second smallest `sec`, lane by lane.
@@ -240,7 +289,13 @@ unsafe fn rows<L: Lanes, const MR: usize, const VT: usize>(
     out: Out,
 ) {
     let d = pc.d;
-    let Out { m1, mut m2, arg } = out;
+    let Out {
+        m1,
+        mut m2,
+        arg,
+        values,
+    } = out;
+    let values = values.map(|v| v.as_mut_ptr());
     // centroids per full tile: one block of the packing
     let per_tile = VT * L::W;
     debug_assert_eq!(per_tile, pc.block());
@@ -273,12 +328,15 @@ unsafe fn rows<L: Lanes, const MR: usize, const VT: usize>(
                     pad.as_ptr()
                 };
                 let sums = partial[rt * slot..].as_mut_ptr();
+                // SAFETY: row tile rt's first row is inside `values` (m rows).
+                let values = values.map(|v| (unsafe { v.add(rt * MR * pc.padded()) }, m - rt * MR));
                 let pass = Pass {
                     t0,
                     t1,
                     first,
                     last,
                     sums,
+                    values,
                 };
                 // SAFETY: `xt` holds MR rows of d; block `b` is packed, a
                 // whole tile or the last block's `tail_vectors` vectors;
@@ -301,6 +359,9 @@ unsafe fn rows<L: Lanes, const MR: usize, const VT: usize>(
             }
         }
     }
+    if values.is_some() {
+        return;
+    }
     for (rt, st) in states.iter().enumerate() {
         for i in 0..MR.min(m - rt * MR) {
             let (b, j, s) = st.finish(i);
@@ -315,8 +376,9 @@ unsafe fn rows<L: Lanes, const MR: usize, const VT: usize>(
 }
 
 /// One pass of [`tile`] over the depths `t0..t1`: from zero (`first`) or
-/// from the sums left at `sums`; folded into the state at the end (`last`)
-/// or left at `sums`.
+/// from the sums left at `sums`; at the end (`last`) folded into the state,
+/// or, with `values` (the tile's first output row and how many rows of the
+/// tile are real), written out as values; else left at `sums`.
 #[derive(Clone, Copy)]
 struct Pass {
     t0: usize,
@@ -324,6 +386,7 @@ struct Pass {
     first: bool,
     last: bool,
     sums: *mut f32,
+    values: Option<(*mut f32, usize)>,
 }
 
 /// `MR` rows (at `xt`, `d` apart) by the `V·W` centroids from `j0` (one
@@ -383,6 +446,23 @@ unsafe fn tile<L: Lanes, const MR: usize, const V: usize, const SECOND: bool>(
         return;
     }
     let norms = pc.norms.as_ptr();
+    if let Some((out, real)) = pass.values {
+        for h in 0..V {
+            let j = j0 + h * L::W;
+            // a constant trip count keeps `acc` in registers
+            for i in 0..MR {
+                if i < real {
+                    // SAFETY: values j..j + W of the norms and of output
+                    // row i (a real row, `padded` long) exist.
+                    unsafe {
+                        let v = L::value(acc[i][h], norms.add(j));
+                        L::store(out.add(i * pc.padded() + j), v);
+                    }
+                }
+            }
+        }
+        return;
+    }
     for h in 0..V {
         let j = j0 + h * L::W;
         let l = j % PANEL;
@@ -404,10 +484,11 @@ unsafe fn tile<L: Lanes, const MR: usize, const V: usize, const SECOND: bool>(
 }
 
 /// The element-wise methods of [`Lanes`] for an x86 vector type: each one
-/// intrinsic (`setzero`, `loadu`, `set1`, `storeu`, `fmadd`).
+/// or two intrinsics (`setzero`, `loadu`, `set1`, `storeu`, `fmadd`, `sub`
+/// and `add`).
 #[cfg(target_arch = "x86_64")]
 macro_rules! x86_lanes {
-    ($zero:ident, $load:ident, $splat:ident, $store:ident, $fma:ident) => {
+    ($zero:ident, $load:ident, $splat:ident, $store:ident, $fma:ident, $sub:ident, $add:ident) => {
         #[inline(always)]
         unsafe fn zero() -> Self::V {
             unsafe { std::arch::x86_64::$zero() }
@@ -432,6 +513,12 @@ macro_rules! x86_lanes {
         unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
             unsafe { std::arch::x86_64::$fma(a, b, c) }
         }
+
+        #[inline(always)]
+        unsafe fn value(acc: Self::V, norms: *const f32) -> Self::V {
+            use std::arch::x86_64::*;
+            unsafe { $sub($load(norms), $add(acc, acc)) }
+        }
     };
 }
 
@@ -448,7 +535,9 @@ impl Lanes for Avx512 {
         _mm512_loadu_ps,
         _mm512_set1_ps,
         _mm512_storeu_ps,
-        _mm512_fmadd_ps
+        _mm512_fmadd_ps,
+        _mm512_sub_ps,
+        _mm512_add_ps
     );
 
     #[inline(always)]
@@ -462,7 +551,7 @@ impl Lanes for Avx512 {
     ) {
         use std::arch::x86_64::*;
         unsafe {
-            let v = _mm512_sub_ps(_mm512_loadu_ps(norms), _mm512_add_ps(acc, acc));
+            let v = Self::value(acc, norms);
             let b = _mm512_loadu_ps(best);
             let lt = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, b);
             if SECOND {
@@ -494,7 +583,9 @@ impl Lanes for Avx2 {
         _mm256_loadu_ps,
         _mm256_set1_ps,
         _mm256_storeu_ps,
-        _mm256_fmadd_ps
+        _mm256_fmadd_ps,
+        _mm256_sub_ps,
+        _mm256_add_ps
     );
 
     #[inline(always)]
@@ -508,7 +599,7 @@ impl Lanes for Avx2 {
     ) {
         use std::arch::x86_64::*;
         unsafe {
-            let v = _mm256_sub_ps(_mm256_loadu_ps(norms), _mm256_add_ps(acc, acc));
+            let v = Self::value(acc, norms);
             let b = _mm256_loadu_ps(best);
             let lt = _mm256_cmp_ps::<_CMP_LT_OQ>(v, b);
             if SECOND {
@@ -563,6 +654,11 @@ impl Lanes for Portable {
     }
 
     #[inline(always)]
+    unsafe fn value(acc: Self::V, norms: *const f32) -> Self::V {
+        std::array::from_fn(|l| unsafe { *norms.add(l) } - (acc[l] + acc[l]))
+    }
+
+    #[inline(always)]
     unsafe fn fold<const SECOND: bool>(
         acc: Self::V,
         norms: *const f32,
@@ -571,9 +667,8 @@ impl Lanes for Portable {
         sec: *mut f32,
         idx: *mut u32,
     ) {
-        for (l, &a) in acc.iter().enumerate() {
+        for (l, &v) in unsafe { Self::value(acc, norms) }.iter().enumerate() {
             unsafe {
-                let v = *norms.add(l) - (a + a);
                 let (b, s) = (&mut *best.add(l), &mut *sec.add(l));
                 let lt = v < *b;
                 if SECOND {
@@ -643,6 +738,23 @@ mod tests {
             argmin_rows(x, m, &pc, &mut n1, None, &mut narg);
             assert_eq!(narg, arg);
             assert!(n1.iter().zip(&m1).all(|(a, b)| a.to_bits() == b.to_bits()));
+            // every value: the same bits, and the same three results
+            let kp = pc.padded();
+            let mut values = vec![0f32; m * kp];
+            values_rows(x, m, &pc, &mut values);
+            for i in 0..m {
+                let row = &values[i * kp..(i + 1) * kp];
+                assert!(row[k..].iter().all(|v| *v == f32::INFINITY));
+                for j in 0..k {
+                    let dot = dot_in_order(&x[i * d..(i + 1) * d], &c[j * d..(j + 1) * d]);
+                    assert_eq!(row[j].to_bits(), (cn[j] - 2.0 * dot).to_bits());
+                }
+                let (b, a, s) = smallest_two(&row[..k]);
+                assert_eq!(
+                    (b.to_bits(), a, s.to_bits()),
+                    (m1[i].to_bits(), arg[i], m2[i].to_bits())
+                );
+            }
         }
     }
 

@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::argmin::{argmin_rows, Packed};
+use crate::kernels::argmin::{argmin_rows, smallest_two, values_rows, Packed};
 
 use super::bounds::{dist_rel_err, Bounds, Groups};
 
@@ -15,8 +15,10 @@ pub(super) struct GroupedCentroids<'a> {
     pub(super) c_norms: &'a [f32],
     /// Squared norms in group order.
     pub(super) cp_norms: Vec<f32>,
-    /// Each group's centroids packed for [`argmin_rows`].
+    /// Each group's centroids packed for [`argmin_rows`], and all of them
+    /// in group order for [`values_rows`].
     pub(super) packed: Vec<Packed>,
+    pub(super) all: Packed,
     pub(super) groups: &'a Groups,
     /// Half the distance from each centroid to its nearest other one (a
     /// lower bound), original order; zeros when not computed.
@@ -34,6 +36,8 @@ struct Scratch {
     need: Vec<u32>,
     per_group: Vec<Vec<u32>>,
     gathered: Vec<f32>,
+    /// The values of the `need` rows against every centroid (group order).
+    values: Vec<f32>,
     best: Vec<(f32, u32)>,
     /// Each block row's position in `need` (`u32::MAX`: not needed).
     pos: Vec<u32>,
@@ -275,8 +279,9 @@ impl Scratch {
         }
     }
 
-    /// Most groups are needed: one product of the `need` rows with all
-    /// centroids, every group scanned.
+    /// Most groups are needed: the values of the `need` rows against every
+    /// centroid in one pass ([`values_rows`], the bits the per-group scans
+    /// would fold), then every group scanned.
     fn scan_all_groups(&mut self, gc: &GroupedCentroids, xb: &[f32], d: usize) -> AssignStats {
         let (k, t) = (gc.cp_norms.len(), gc.groups.len());
         let m = self.need.len();
@@ -290,12 +295,15 @@ impl Scratch {
             }
             &self.gathered
         };
+        let kp = gc.all.padded();
+        self.values.resize(m * kp, 0.0);
+        values_rows(src, m, &gc.all, &mut self.values);
         for g in 0..t {
-            self.cols.scan(gc, g, src, m);
+            let (st, en) = (gc.groups.start[g], gc.groups.start[g + 1]);
             for p in 0..m {
-                let c = &self.cols;
-                let found = (p as u32, g as u32, c.m1[p], c.m2[p], c.arg[p]);
-                self.found.push(found);
+                let (m1, a, m2) = smallest_two(&self.values[p * kp + st..p * kp + en]);
+                let arg = gc.groups.order[st + a as usize];
+                self.found.push((p as u32, g as u32, m1, m2, arg));
             }
         }
         AssignStats {

@@ -276,11 +276,13 @@ impl BoundedSteps {
                 Packed::new(&cp[st * d..en * d], &cp_norms[st..en], d)
             })
             .collect();
+        let all = Packed::new(&cp, &cp_norms, d);
         let mut gc = GroupedCentroids {
             c: centroids,
             c_norms,
             cp_norms,
             packed,
+            all,
             groups: &self.groups,
             half_sep: if full {
                 vec![0f32; k]
