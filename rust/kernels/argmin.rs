@@ -34,6 +34,10 @@ pub(crate) struct Packed {
     norms: Vec<f32>,
     d: usize,
     level: CpuLevel,
+    /// `(first centroid, width)` of each block, and where the narrower
+    /// ones start (see [`blocks`]).
+    blocks: Vec<(usize, usize)>,
+    narrow_start: usize,
 }
 
 impl Packed {
@@ -52,7 +56,10 @@ impl Packed {
             norms: vec![f32::INFINITY; padded],
             d,
             level,
+            blocks: Vec::new(),
+            narrow_start: 0,
         };
+        (packed.blocks, packed.narrow_start) = blocks(padded, packed.block());
         packed.norms[..k].copy_from_slice(c_norms);
         for (j, row) in c.chunks_exact(d.max(1)).enumerate().take(k) {
             let (at, stride) = packed.at(j);
@@ -80,14 +87,43 @@ impl Packed {
     }
 
     /// Where centroid `j`'s value of depth 0 is (in floats from the start)
-    /// and how far apart its depths are: the width of its block (the last
-    /// block holds the panels left over).
+    /// and how far apart its depths are: the width of its block.
     fn at(&self, j: usize) -> (usize, usize) {
-        let (g, d) = (self.block(), self.d);
-        let b = j / g;
-        let width = g.min(self.padded() - b * g);
-        (b * g * d + j % g, width)
+        let g = self.block();
+        let (start, width) = if j < self.narrow_start {
+            (j / g * g, g)
+        } else {
+            *self.blocks[self.narrow_start / g..]
+                .iter()
+                .find(|&&(s, w)| j < s + w)
+                .expect("j is packed")
+        };
+        (start * self.d + (j - start), width)
     }
+}
+
+/// The blocks of `padded` centroids for tiles `g` wide, in order: `(first
+/// centroid, width)`; and where the narrower ones start. Full-width blocks,
+/// then (when the panels do not divide evenly) one or two blocks a panel
+/// narrower, never a lone panel after wider blocks: a one-panel tile has too
+/// few accumulators to hide the latency of its multiply-adds (k = 100 on
+/// AVX-512: 48 + 32 + 32 columns, not 48 + 48 + 16).
+fn blocks(padded: usize, g: usize) -> (Vec<(usize, usize)>, usize) {
+    let (p, per) = (padded / PANEL, g / PANEL);
+    let (wide, narrow) = match p % per {
+        0 => (p / per, 0),
+        r if r == per - 1 || p < per => (p / per, 1),
+        _ => (p / per - 1, 2),
+    };
+    let mut out: Vec<(usize, usize)> = (0..wide).map(|b| (b * g, g)).collect();
+    let mut j = wide * g;
+    for _ in 0..narrow {
+        let width = (g - PANEL).max(PANEL).min(padded - j);
+        out.push((j, width));
+        j += width;
+    }
+    debug_assert_eq!(j, padded);
+    (out, wide * g)
 }
 
 /// Rows × vectors of centroids per tile of each level's kernel: AVX-512
@@ -299,10 +335,7 @@ unsafe fn rows<L: Lanes, const MR: usize, const VT: usize>(
     // centroids per full tile: one block of the packing
     let per_tile = VT * L::W;
     debug_assert_eq!(per_tile, pc.block());
-    let tiles = pc.padded() / per_tile;
-    // vectors of the last, narrower block (whole panels: 1 or 2 on AVX-512)
-    let tail_vectors = (pc.padded() - tiles * per_tile) / L::W;
-    debug_assert!(tail_vectors < VT);
+
     let (full, row_tiles) = (m / MR, m.div_ceil(MR));
     // the last rows, zero-padded to a whole tile
     let mut pad = Vec::new();
@@ -316,8 +349,8 @@ unsafe fn rows<L: Lanes, const MR: usize, const VT: usize>(
     let mut partial = vec![0f32; row_tiles * slot];
     let second = m2.is_some();
     let chunks = d.div_ceil(KC).max(1);
-    for b in 0..tiles + usize::from(tail_vectors > 0) {
-        let j0 = b * per_tile;
+    for &(j0, width) in &pc.blocks {
+        let vectors = width / L::W;
         for c in 0..chunks {
             let (t0, t1) = (c * KC, d.min((c + 1) * KC));
             let (first, last) = (c == 0, c + 1 == chunks);
@@ -338,16 +371,16 @@ unsafe fn rows<L: Lanes, const MR: usize, const VT: usize>(
                     sums,
                     values,
                 };
-                // SAFETY: `xt` holds MR rows of d; block `b` is packed, a
-                // whole tile or the last block's `tail_vectors` vectors;
-                // `sums` has room for MR·VT vectors.
+                // SAFETY: `xt` holds MR rows of d; the block is packed,
+                // `vectors ≤ VT` vectors wide; `sums` has room for MR·VT
+                // vectors.
                 unsafe {
                     macro_rules! call {
                         ($v:expr, $s:expr) => {
                             tile::<L, MR, { $v }, $s>(xt, pc, j0, pass, st)
                         };
                     }
-                    match (if b < tiles { VT } else { tail_vectors }, second) {
+                    match (vectors, second) {
                         (1, true) => call!(1, true),
                         (1, false) => call!(1, false),
                         (2, true) => call!(2, true),
