@@ -13,8 +13,6 @@ pub(super) struct GroupedCentroids<'a> {
     /// squared norms.
     pub(super) c: &'a [f32],
     pub(super) c_norms: &'a [f32],
-    /// Squared norms in group order.
-    pub(super) cp_norms: Vec<f32>,
     /// Each group's centroids packed for [`argmin_rows`], and all of them
     /// in group order for [`values_rows`].
     pub(super) packed: Vec<Packed>,
@@ -182,7 +180,7 @@ pub(super) fn assign_grouped(
                 return AssignStats::default();
             }
             s.reset_found(block.labels.len());
-            let k = gc.cp_norms.len();
+            let k = gc.c_norms.len();
             let stats = if full || pairs_needed * 2 >= m * k {
                 s.scan_all_groups(gc, block.x, d)
             } else {
@@ -283,7 +281,7 @@ impl Scratch {
     /// centroid in one pass ([`values_rows`], the bits the per-group scans
     /// would fold), then every group scanned.
     fn scan_all_groups(&mut self, gc: &GroupedCentroids, xb: &[f32], d: usize) -> AssignStats {
-        let (k, t) = (gc.cp_norms.len(), gc.groups.len());
+        let (k, t) = (gc.c_norms.len(), gc.groups.len());
         let m = self.need.len();
         let src: &[f32] = if m == xb.len() / d {
             xb

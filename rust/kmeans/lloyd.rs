@@ -280,7 +280,6 @@ impl BoundedSteps {
         let mut gc = GroupedCentroids {
             c: centroids,
             c_norms,
-            cp_norms,
             packed,
             all,
             groups: &self.groups,

@@ -51,7 +51,8 @@ impl ClusterSums {
             self.counts = vec![0usize; k];
             self.sums = vec![0f64; k * d];
             let all = (0..n as u32).collect::<Vec<_>>();
-            self.apply(x, d, &all, |i| (Some(labels[i]), None));
+            let events = |i: usize| (Some(labels[i]), None);
+            Self::apply_to(&mut self.sums, &mut self.counts, x, d, &all, events);
             self.labels = Some(labels.to_vec());
             return n;
         };
@@ -70,17 +71,6 @@ impl ClusterSums {
             prev[i as usize] = labels[i as usize];
         }
         moved.len()
-    }
-
-    /// [`ClusterSums::apply_to`] on this one's sums and counts.
-    fn apply(
-        &mut self,
-        x: &[f32],
-        d: usize,
-        points: &[u32],
-        events: impl Fn(usize) -> (Option<u32>, Option<u32>) + Sync,
-    ) {
-        Self::apply_to(&mut self.sums, &mut self.counts, x, d, points, events);
     }
 
     /// For each of `points` (ascending), `events(i)`: the cluster point `i`
