@@ -191,6 +191,165 @@ pub(crate) fn smallest_two(v: &[f32]) -> (f32, u32, f32) {
     (b1, j1, b2)
 }
 
+/// For each `(row, j0)` of `pairs` (`j0` a multiple of [`PANEL`] below
+/// [`Packed::padded`]; the pairs of one panel next to each other, a row at
+/// most once per panel): the values `v_j = ‖c_j‖² − 2·x·c_j` of the
+/// panel's centroids `j0..j0 + 16`, bit for bit those [`argmin_rows`]
+/// compares (the same chain of fused multiply-adds per dot product, the
+/// same `‖c‖² − (s + s)`), folded into the row's running smallest
+/// `m1[row]` and its index `arg[row]`, the lowest index among equals
+/// whatever the order of the pairs (the caller starts them at +∞ and
+/// `u32::MAX`). The screened assignment re-checks its candidates with
+/// this. Single-threaded.
+pub(crate) fn argmin_panels(
+    x: &[f32],
+    pc: &Packed,
+    pairs: &[(u32, u32)],
+    m1: &mut [f32],
+    arg: &mut [u32],
+) {
+    assert!(pc.level <= cpu::level());
+    assert!(pairs.iter().all(|&(r, j0)| {
+        (r as usize + 1) * pc.d <= x.len()
+            && (r as usize) < m1.len().min(arg.len())
+            && (j0 as usize).is_multiple_of(PANEL)
+            && (j0 as usize) < pc.padded()
+    }));
+    match pc.level {
+        // SAFETY: the level is this CPU's or below (asserted); the pairs
+        // are inside `x`, the outputs and the packing (asserted).
+        #[cfg(target_arch = "x86_64")]
+        CpuLevel::Avx512 => unsafe { panels_avx512(x, pc, pairs, m1, arg) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        CpuLevel::Avx2 => unsafe { panels_avx2(x, pc, pairs, m1, arg) },
+        // SAFETY: portable code needs no CPU feature; the pairs as above.
+        _ => unsafe { panels::<Portable, 4>(x, pc, pairs, m1, arg) },
+    }
+}
+
+/// # Safety
+/// As [`panels`], and the CPU must have AVX-512F and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn panels_avx512(
+    x: &[f32],
+    pc: &Packed,
+    pairs: &[(u32, u32)],
+    m1: &mut [f32],
+    arg: &mut [u32],
+) {
+    unsafe { panels::<Avx512, 1>(x, pc, pairs, m1, arg) }
+}
+
+/// # Safety
+/// As [`panels`], and the CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn panels_avx2(
+    x: &[f32],
+    pc: &Packed,
+    pairs: &[(u32, u32)],
+    m1: &mut [f32],
+    arg: &mut [u32],
+) {
+    unsafe { panels::<Avx2, 2>(x, pc, pairs, m1, arg) }
+}
+
+/// Rows re-checked at once against one panel: independent chains that
+/// hide the latency of the multiply-adds, fed by one load of the panel; a
+/// run of at most half as many rows takes a tile half as tall.
+const ROWS_AT_ONCE: usize = 8;
+
+/// [`argmin_panels`] with `L`'s lanes (`PER` vectors a panel), up to
+/// [`ROWS_AT_ONCE`] rows of one panel at a time.
+///
+/// # Safety
+/// The CPU must have `L`'s features; `PER·W` is [`PANEL`]; every pair is
+/// inside `x`, `m1`, `arg` and the packing (see [`argmin_panels`]).
+#[inline(always)]
+unsafe fn panels<L: Lanes, const PER: usize>(
+    x: &[f32],
+    pc: &Packed,
+    pairs: &[(u32, u32)],
+    m1: &mut [f32],
+    arg: &mut [u32],
+) {
+    debug_assert_eq!(PER * L::W, PANEL);
+    let mut rest = pairs;
+    while let Some(&(_, j0)) = rest.first() {
+        let run = rest
+            .iter()
+            .take(ROWS_AT_ONCE)
+            .take_while(|p| p.1 == j0)
+            .count();
+        let (group, tail) = rest.split_at(run);
+        rest = tail;
+        // SAFETY: as the caller's.
+        unsafe {
+            if run > ROWS_AT_ONCE / 2 {
+                panel_rows::<L, PER, ROWS_AT_ONCE>(x, pc, group, m1, arg);
+            } else {
+                panel_rows::<L, PER, { ROWS_AT_ONCE / 2 }>(x, pc, group, m1, arg);
+            }
+        }
+    }
+}
+
+/// The rows of `group` (1 to `R` pairs, all of one panel) against their
+/// panel, `R` chains at once (a short group repeats its first row,
+/// computed and not folded), folded as [`argmin_panels`] says.
+///
+/// # Safety
+/// As [`panels`].
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // register tiles read best as indices
+unsafe fn panel_rows<L: Lanes, const PER: usize, const R: usize>(
+    x: &[f32],
+    pc: &Packed,
+    group: &[(u32, u32)],
+    m1: &mut [f32],
+    arg: &mut [u32],
+) {
+    let (d, run, j0) = (pc.d, group.len(), group[0].1);
+    let rows: [*const f32; R] =
+        std::array::from_fn(|i| x[group[if i < run { i } else { 0 }].0 as usize * d..].as_ptr());
+    let (at, stride) = pc.at(j0 as usize);
+    let mut values = [[0f32; PANEL]; R];
+    // SAFETY: every pointer read is inside a row of `x` (d values) or the
+    // panel (16 values at each of the d depths).
+    unsafe {
+        let col = (pc.lines.as_ptr() as *const f32).add(at);
+        let mut acc = [[L::zero(); PER]; R];
+        for t in 0..d {
+            let b: [L::V; PER] = std::array::from_fn(|h| L::load(col.add(t * stride + h * L::W)));
+            for i in 0..R {
+                let a = L::splat(*rows[i].add(t));
+                for h in 0..PER {
+                    acc[i][h] = L::fma(a, b[h], acc[i][h]);
+                }
+            }
+        }
+        let norms = pc.norms.as_ptr().add(j0 as usize);
+        for i in 0..R {
+            for h in 0..PER {
+                let v = L::value(acc[i][h], norms.add(h * L::W));
+                L::store(values[i].as_mut_ptr().add(h * L::W), v);
+            }
+        }
+    }
+    for (i, &(r, _)) in group.iter().enumerate() {
+        let (best, at) = (&mut m1[r as usize], &mut arg[r as usize]);
+        for (l, &v) in values[i].iter().enumerate() {
+            let j = j0 + l as u32;
+            if v < *best || (v == *best && j < *at) {
+                *best = v;
+                *at = j;
+            }
+        }
+    }
+}
+
 /// Runs the kernel of `pc`'s level.
 fn dispatch(x: &[f32], m: usize, pc: &Packed, out: Out) {
     assert!(x.len() == m * pc.d);
@@ -813,6 +972,46 @@ mod tests {
             let x = random(m * d, &mut rng);
             let c = random(k * d, &mut rng);
             check_all_levels(&x, m, &c, d);
+        }
+    }
+
+    #[test]
+    fn panels_give_the_in_order_scan_at_every_level_in_any_order() {
+        let mut rng = Rng::new(12);
+        for &(m, k, d) in &[(11, 40, 33), (3, 100, 384), (20, 16, 5), (9, 129, 70)] {
+            let x = random(m * d, &mut rng);
+            let mut c = random(k * d, &mut rng);
+            // a copy of centroid 1 in the last panel: ties across panels
+            let one = c[d..2 * d].to_vec();
+            c[(k - 1) * d..].copy_from_slice(&one);
+            let cn: Vec<f32> = c.chunks(d).map(|r| dot_in_order(r, r)).collect();
+            for level in CpuLevel::available() {
+                let pc = Packed::for_level(&c, &cn, d, level);
+                // every row against every panel, panels in descending
+                // order, runs of 1 to 13 rows
+                let mut pairs: Vec<(u32, u32)> = Vec::new();
+                for p in (0..pc.padded() / PANEL).rev() {
+                    pairs.extend((0..m as u32).map(|r| (r, (p * PANEL) as u32)));
+                }
+                let (mut m1, mut arg) = (vec![f32::INFINITY; m], vec![u32::MAX; m]);
+                argmin_panels(&x, &pc, &pairs, &mut m1, &mut arg);
+                for i in 0..m {
+                    let (b, j, _) = scan(&x[i * d..(i + 1) * d], &c, &cn, d);
+                    assert_eq!(
+                        (m1[i].to_bits(), arg[i]),
+                        (b.to_bits(), j),
+                        "{level:?} row {i}"
+                    );
+                }
+                // a row equal to centroid 1 finds 1, not its copy
+                let (mut t1, mut targ) = ([f32::INFINITY], [u32::MAX]);
+                let pairs: Vec<(u32, u32)> = (0..pc.padded() / PANEL)
+                    .rev()
+                    .map(|p| (0, (p * PANEL) as u32))
+                    .collect();
+                argmin_panels(&one, &pc, &pairs, &mut t1, &mut targ);
+                assert_eq!(targ[0], 1);
+            }
         }
     }
 
