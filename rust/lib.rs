@@ -25,6 +25,7 @@ pub mod targets;
 mod python;
 
 pub use error::{Error, Result};
+pub use kernels::screen::{amx_enabled, set_amx};
 pub use kmeans::{kmeans, kmeans_plusplus, Init, KMeansParams, KMeansResult};
 pub use label_hash::{label_hash, label_hashes};
 pub use lookup::{nearest_prototype, LookupMetric};

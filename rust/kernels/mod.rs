@@ -13,6 +13,7 @@
 //! (products and argmin fused, one summation order on every level).
 
 pub(crate) mod argmin;
+pub(crate) mod screen;
 
 use crate::cpu::{self, CpuLevel};
 

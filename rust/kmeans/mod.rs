@@ -573,6 +573,40 @@ mod tests {
     }
 
     #[test]
+    fn the_amx_screen_changes_no_bit() {
+        // 2 000 rows near 250 centres, k = 250 (the screen's range): the
+        // same run with the screen off and (where the CPU has AMX) on
+        let mut rng = Rng::new(21);
+        let (n, d, k) = (2000, 48, 250);
+        let centres: Vec<f32> = (0..k * d).map(|_| rng.next_f64() as f32 - 0.5).collect();
+        let mut x = Vec::with_capacity(n * d);
+        for i in 0..n {
+            let c = (i * 7919) % k;
+            for t in 0..d {
+                x.push(centres[c * d + t] + (rng.next_f64() as f32 - 0.5) * 0.3);
+            }
+        }
+        let run = |amx: bool| {
+            crate::set_amx(amx);
+            let mut p = KMeansParams::new(k);
+            p.max_iter = 4;
+            p.tol = 0.0;
+            kmeans(&x, n, d, &p).unwrap()
+        };
+        let (off, on) = (run(false), run(true));
+        crate::set_amx(true);
+        assert_eq!(off.labels, on.labels);
+        assert!(off
+            .centroids
+            .iter()
+            .zip(&on.centroids)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert_eq!(off.inertia.to_bits(), on.inertia.to_bits());
+        // the run moved points: the steps compared were not trivial
+        assert_eq!(off.n_iter, 4);
+    }
+
+    #[test]
     fn spherical_centroids_have_unit_norm() {
         let (x, n) = blobs(100, 6);
         let x: Vec<f32> = x.iter().map(|v| v + 1.0).collect();
