@@ -365,6 +365,19 @@ fn get_num_threads() -> usize {
     parallel::num_threads()
 }
 
+/// Turns k-means' integer screen on the CPU's tile unit (AMX) on or off;
+/// returns whether it now runs.
+#[pyfunction]
+fn set_amx(enabled: bool) -> bool {
+    crate::set_amx(enabled)
+}
+
+/// Whether k-means' integer screen on the CPU's tile unit (AMX) runs.
+#[pyfunction]
+fn get_amx() -> bool {
+    crate::amx_enabled()
+}
+
 /// The embeddings of a batch have one row per label.
 fn one_row_per_label(labels: usize, rows: usize) -> Result<(), Error> {
     if rows != labels {
@@ -607,5 +620,7 @@ fn _protofast(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(match_clusters_raw, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(set_amx, m)?)?;
+    m.add_function(wrap_pyfunction!(get_amx, m)?)?;
     Ok(())
 }

@@ -16,12 +16,14 @@ from ._core import (
     KMeansResult,
     LabelStore,
     ProtofastError,
+    get_amx,
     get_num_threads,
     kmeans,
     kmeans_plusplus,
     label_hashes,
     match_clusters,
     nearest_prototype,
+    set_amx,
     set_num_threads,
 )
 from ._protofast import __version__
@@ -43,12 +45,14 @@ __all__ = [
     "SemanticAlignmentLoss",
     "__version__",
     "compute_retrieval_metrics",
+    "get_amx",
     "get_num_threads",
     "kmeans",
     "kmeans_plusplus",
     "label_hashes",
     "match_clusters",
     "nearest_prototype",
+    "set_amx",
     "set_num_threads",
 ]
 

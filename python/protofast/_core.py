@@ -31,6 +31,7 @@ __all__ = [
     "LabelStore",
     "ProtofastError",
     "as_matrix",
+    "get_amx",
     "get_num_threads",
     "group_labels_raw",
     "kmeans",
@@ -39,6 +40,7 @@ __all__ = [
     "match_clusters",
     "nearest_prototype",
     "rows_match_raw",
+    "set_amx",
     "set_num_threads",
 ]
 
@@ -437,6 +439,38 @@ def get_num_threads() -> int:
         The thread count of protofast's pool.
     """
     return _protofast.get_num_threads()
+
+
+def set_amx(enabled: bool) -> bool:
+    """Turns on or off the integer screen of k-means' plain assignment steps on the CPU's
+    tile unit (Intel AMX; default: on where the CPU and OS have it, unless the
+    ``PROTOFAST_AMX=0`` environment variable is set).
+
+    The screen bounds every centroid's distance from int8 products and recomputes only the
+    panels of centroids that may be nearest, with the full pass's own arithmetic: labels,
+    centroids and inertia are the same bits either way; only the time differs.
+
+    Args:
+        enabled: Whether the screen should run.
+
+    Returns:
+        Whether it now runs (``False`` on a CPU or OS without AMX, whatever ``enabled``).
+
+    Raises:
+        TypeError: ``enabled`` is not a bool.
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled: expected a bool, got {type(enabled).__name__}")
+    return _protofast.set_amx(enabled)
+
+
+def get_amx() -> bool:
+    """Whether k-means' plain assignment steps run the integer screen on the CPU's tile unit.
+
+    Returns:
+        ``True`` when the CPU and OS have AMX and the screen is on (see :func:`set_amx`).
+    """
+    return _protofast.get_amx()
 
 
 class _ForkGuard:

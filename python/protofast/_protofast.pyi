@@ -8,6 +8,7 @@ import numpy.typing as npt
 __all__ = [
     "LabelStore",
     "ProtofastError",
+    "get_amx",
     "get_num_threads",
     "group_labels_raw",
     "kmeans_raw",
@@ -17,6 +18,7 @@ __all__ = [
     "match_clusters_raw",
     "nearest_prototype_raw",
     "rows_match_raw",
+    "set_amx",
     "set_num_threads",
     "__version__",
 ]
@@ -74,6 +76,8 @@ def match_clusters_raw(
 ) -> npt.NDArray[np.int64]: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
+def set_amx(enabled: bool) -> bool: ...
+def get_amx() -> bool: ...
 
 @final
 class LabelStore:

@@ -180,6 +180,40 @@ def test_reassign_false_keeps_the_partition_the_centroids_average() -> None:
     assert differed, "the labellings never differed: the test cannot fail"
 
 
+@pytest.mark.parametrize("spherical", [False, True])
+def test_the_amx_screen_changes_no_bit(spherical: bool) -> None:
+    # k = 256 is in the screen's range; unit rows near 256 centres with heavy noise
+    # (many near ties between centroids)
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(256, 96))
+    x = centres[rng.integers(0, 256, 3000)] + 1.5 * rng.normal(size=(3000, 96))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    before = protofast.get_amx()
+    try:
+        runs = []
+        for enabled in (False, True):
+            assert protofast.set_amx(enabled) is (enabled and protofast.get_amx())
+            runs.append(kmeans(x, 256, max_iter=5, tol=0.0, spherical=spherical, seed=2))
+    finally:
+        protofast.set_amx(before)
+    off, on = runs
+    np.testing.assert_array_equal(off.labels, on.labels)
+    np.testing.assert_array_equal(off.centroids, on.centroids)
+    assert off.inertia == on.inertia
+    assert off.n_iter == 5
+
+
+def test_set_amx_takes_a_bool_only() -> None:
+    before = protofast.get_amx()
+    with pytest.raises(TypeError, match="enabled"):
+        protofast.set_amx(1)  # type: ignore[arg-type]
+    assert protofast.get_amx() is before
+    assert protofast.set_amx(False) is False
+    assert protofast.get_amx() is False
+    protofast.set_amx(before)
+    assert protofast.get_amx() is before
+
+
 @pytest.mark.parametrize("trials", [1, 3])
 def test_fewer_local_trials_give_a_comparable_clustering(trials: int) -> None:
     x = blobs(200, 12, 16, 2.0, 6)
