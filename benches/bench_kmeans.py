@@ -208,6 +208,18 @@ def protofast_fixed(x: np.ndarray, c0: np.ndarray, iters: int, reassign: bool = 
     return KMOut(np.asarray(r.centroids), int(r.n_iter))
 
 
+def protofast_without_amx(x: np.ndarray, c0: np.ndarray, iters: int) -> KMOut:
+    """:func:`protofast_fixed` with the AMX screen of the plain steps off (then restored)."""
+    pf = common.load_protofast(quiet=True)
+    assert pf is not None
+    before = pf.get_amx()
+    pf.set_amx(False)
+    try:
+        return protofast_fixed(x, c0, iters)
+    finally:
+        pf.set_amx(before)
+
+
 def protofast_first_iteration(x: np.ndarray, c0: np.ndarray, repeats: int) -> tuple[float, float]:
     """protofast's first iteration: median of ``max_iter=1`` calls less median of ``max_iter=0``.
 
@@ -237,7 +249,8 @@ def short_section(ctx: SizeContext, iters_list: Sequence[int]) -> list[dict[str,
     One row per iteration count: every tool runs ``it`` iterations from ``C0`` (``tol=0``), time
     per iteration = median total / iterations run; ratios are protofast's time per iteration over
     faiss's and scikit-learn's (lloyd), and that of protofast with ``reassign=False`` (as many
-    distance passes as faiss) over faiss's. The first-iteration figures are repeated on every row.
+    distance passes as faiss) over faiss's; where the CPU has AMX, protofast's time with its
+    screen on over off. The first-iteration figures are repeated on every row.
     """
     x, c0 = ctx.x, ctx.c0
     n, d = x.shape
@@ -257,9 +270,12 @@ def short_section(ctx: SizeContext, iters_list: Sequence[int]) -> list[dict[str,
         "protofast": lambda data, it: protofast_fixed(data, c0, it),
         # as many distance passes as faiss (no final reassignment)
         "protofast-last": lambda data, it: protofast_fixed(data, c0, it, reassign=False),
+        "protofast-noamx": lambda data, it: protofast_without_amx(data, c0, it),
         "sklearn-lloyd": lambda data, it: sklearn_fixed(data, c0, it, "lloyd"),
         "faiss": lambda data, it: faiss_fixed(data, c0, it),
     }
+    pf_mod = common.load_protofast(quiet=True)
+    amx = pf_mod is not None and pf_mod.get_amx()
     xw = ctx.warm_x
     rows: list[dict[str, Any]] = []
     for it in iters_list:
@@ -268,6 +284,8 @@ def short_section(ctx: SizeContext, iters_list: Sequence[int]) -> list[dict[str,
         tools = [t for t in ctx.tools if t in runners]
         if "protofast" in tools:
             tools.insert(tools.index("protofast") + 1, "protofast-last")
+            if amx:
+                tools.insert(tools.index("protofast") + 2, "protofast-noamx")
         for tool in tools:
             t = _timed(
                 functools.partial(runners[tool], x, it),
@@ -283,6 +301,7 @@ def short_section(ctx: SizeContext, iters_list: Sequence[int]) -> list[dict[str,
             )
         pf = per.get("protofast")
         pf_last = per.get("protofast-last")
+        pf_off = per.get("protofast-noamx")
         rows.append(
             {
                 "size": ctx.label,
@@ -299,6 +318,8 @@ def short_section(ctx: SizeContext, iters_list: Sequence[int]) -> list[dict[str,
                 "vs_faiss": pf / per["faiss"] if pf and "faiss" in per else None,
                 "vs_sklearn": pf / per["sklearn-lloyd"] if pf and "sklearn-lloyd" in per else None,
                 "last_vs_faiss": pf_last / per["faiss"] if pf_last and "faiss" in per else None,
+                "amx": amx,
+                "amx_on_vs_off": pf / pf_off if pf and pf_off else None,
             }
         )
     return rows
@@ -768,7 +789,8 @@ def render_short(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> st
         "Ratios: protofast's time per iteration over the peer's (below 1: protofast faster). "
         "protofast returns each point's nearest final centroid, as scikit-learn (n iterations: "
         "n + 1 distance passes); `reassign=False` keeps the last step's labels, as many passes as "
-        "faiss's training (n), compared with faiss in the last column.\n"
+        "faiss's training (n), compared with faiss. Last column: protofast's time with its AMX "
+        "screen over its time without (– where the CPU has no AMX).\n"
     )
     return head + common.markdown_table(
         [
@@ -784,6 +806,7 @@ def render_short(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> st
             "vs sklearn",
             "reassign=False ms/iter",
             "reassign=False vs faiss",
+            "AMX screen on / off",
         ],
         [
             [
@@ -799,6 +822,7 @@ def render_short(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> st
                 ratio(r["vs_sklearn"]),
                 ms(r["per_iter_s"].get("protofast-last")),
                 ratio(r.get("last_vs_faiss")),
+                ratio(r.get("amx_on_vs_off")),
             ]
             for r in rows
         ],

@@ -433,6 +433,9 @@ def machine_info() -> dict[str, Any]:
         mod = optional_import(name) if name != "protofast" else load_protofast(quiet=True)
         versions[name] = getattr(mod, "__version__", "?") if mod is not None else None
     info["versions"] = versions
+    pf = load_protofast(quiet=True)
+    # whether k-means' plain steps run the integer screen on the CPU's tile unit
+    info["protofast_amx"] = bool(pf.get_amx()) if pf is not None and hasattr(pf, "get_amx") else None
     tpc = optional_import("threadpoolctl")
     if tpc is not None:
         pools = []
@@ -474,6 +477,8 @@ def machine_summary(info: dict[str, Any]) -> str:
     ]
     if blas:
         lines.append(f"Thread pools: {blas}.")
+    if info.get("protofast_amx") is not None:
+        lines.append(f"protofast AMX screen: {'on' if info['protofast_amx'] else 'off'}.")
     load = info.get("loadavg")
     cores = info.get("logical_cores") or 1
     if load:
