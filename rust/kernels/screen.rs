@@ -11,7 +11,7 @@
 //! A bound `B` on `|ṽ_j − v_j|` is computed for every row (from the
 //! measured quantization errors, the L1 and L2 norms, the rounding of the
 //! fused kernel's own chain of multiply-adds and of the screen's float
-//! arithmetic; see [`RowBound`]), so every centroid whose screened value is
+//! arithmetic; see [`row_bound`]), so every centroid whose screened value is
 //! more than `2B` above the row's smallest cannot be the nearest. The
 //! panels of 16 centroids that hold a candidate are then recomputed by the
 //! fused kernel's own arithmetic ([`argmin_panels`]), so the label and the
@@ -320,7 +320,7 @@ impl Screen {
                 let r = r0 + i;
                 let q = work.rows[r];
                 let (p, rr) = (&work.p[i * kp..(i + 1) * kp], &work.r[i * kp..(i + 1) * kp]);
-                let thr = match RowBound::of(&q, &self.maxima, d) {
+                let thr = match row_bound(&q, &self.maxima, d) {
                     Some(b) if q.usable() => {
                         let least = screened_row(self, q.s, p, rr, &mut work.sv) as f64;
                         let t = least + 2.0 * b;
@@ -445,21 +445,17 @@ fn screened_row(sc: &Screen, s: f32, p: &[i32], r: &[i32], sv: &mut [f32]) -> f3
 /// the rounding of the screen's float arithmetic (a few `u` of the terms'
 /// magnitudes, which also covers int32 values above 2²⁴); then widened by
 /// 1/16 for good measure.
-struct RowBound;
-
-impl RowBound {
-    fn of(q: &Quant, c: &Maxima, d: usize) -> Option<f64> {
-        let u = f32::EPSILON as f64 / 2.0;
-        let df = d as f64;
-        let gamma = df * u / (1.0 - df * u);
-        let s = q.s as f64;
-        let quant = q.err * c.l1 + c.err * (q.l1 + df * q.err) + s * q.q2_l2 * c.drop;
-        let exact = 2.0 * gamma * q.l2 * c.l2 + u * (c.n + 3.0 * q.l2 * c.l2);
-        let (xq, cq) = (q.l2 + df.sqrt() * s, c.l2 + df.sqrt() * c.s);
-        let round = 8.0 * u * (c.n + 6.0 * xq * cq);
-        let b = (2.0 * quant + exact + round) * 1.0625 + f32::MIN_POSITIVE as f64;
-        b.is_finite().then_some(b)
-    }
+fn row_bound(q: &Quant, c: &Maxima, d: usize) -> Option<f64> {
+    let u = f32::EPSILON as f64 / 2.0;
+    let df = d as f64;
+    let gamma = df * u / (1.0 - df * u);
+    let s = q.s as f64;
+    let quant = q.err * c.l1 + c.err * (q.l1 + df * q.err) + s * q.q2_l2 * c.drop;
+    let exact = 2.0 * gamma * q.l2 * c.l2 + u * (c.n + 3.0 * q.l2 * c.l2);
+    let (xq, cq) = (q.l2 + df.sqrt() * s, c.l2 + df.sqrt() * c.s);
+    let round = 8.0 * u * (c.n + 6.0 * xq * cq);
+    let b = (2.0 * quant + exact + round) * 1.0625 + f32::MIN_POSITIVE as f64;
+    b.is_finite().then_some(b)
 }
 
 /// `P = A₁·B₁` and `R = A₂·B₂` (int32, `mp` rows × `kp` columns, row-major),
