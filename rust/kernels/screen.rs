@@ -79,22 +79,10 @@ fn quantize(v: &[f32], q1: &mut [i8], q2: &mut [i8]) -> Quant {
             f32::INFINITY
         }
     });
-    if !amax.is_finite() || amax == 0.0 {
-        q1.fill(0);
-        q2.fill(0);
-        let s = if amax == 0.0 { 0.0 } else { f32::NAN };
-        return Quant {
-            s,
-            ..Quant::default()
-        };
-    }
-    let s = amax / 127.0;
-    if s.is_nan() || s < MIN_SCALE {
-        return Quant {
-            s: f32::NAN,
-            ..Quant::default()
-        };
-    }
+    let s = match scale(amax, &mut q1[..v.len()], &mut q2[..v.len()]) {
+        Ok(s) => s,
+        Err(q) => return q,
+    };
     let (inv, fine) = (1.0 / s, 254.0 / s);
     let (mut l1, mut l2, mut q2_l2) = (0f64, 0f64, 0f64);
     for ((&x, a), b) in v.iter().zip(q1.iter_mut()).zip(q2.iter_mut()) {
@@ -116,6 +104,26 @@ fn quantize(v: &[f32], q1: &mut [i8], q2: &mut [i8]) -> Quant {
         l2: l2.sqrt() * up,
         q2_l2: q2_l2.sqrt() * up,
     }
+}
+
+/// The scale `amax/127` of a vector of largest magnitude `amax` (+∞ when
+/// it holds a non-finite value), or the whole answer when it has none: a
+/// zero vector (scale 0, `q1` and `q2` zeroed) or one that cannot be
+/// quantized (scale NaN).
+fn scale(amax: f32, q1: &mut [i8], q2: &mut [i8]) -> Result<f32, Quant> {
+    let s = amax / 127.0;
+    if amax == 0.0 {
+        q1.fill(0);
+        q2.fill(0);
+        return Err(Quant::default());
+    }
+    if !amax.is_finite() || s < MIN_SCALE {
+        return Err(Quant {
+            s: f32::NAN,
+            ..Quant::default()
+        });
+    }
+    Ok(s)
 }
 
 /// A bound on `|x_i − s·(q₁ᵢ + q₂ᵢ/254)|` for a vector of largest magnitude
@@ -549,22 +557,10 @@ unsafe fn quantize_avx512(v: &[f32], q1: &mut [i8], q2: &mut [i8]) -> Quant {
         } else {
             _mm512_reduce_max_ps(amax)
         };
-        if !amax.is_finite() || amax == 0.0 {
-            q1[..n].fill(0);
-            q2[..n].fill(0);
-            let s = if amax == 0.0 { 0.0 } else { f32::NAN };
-            return Quant {
-                s,
-                ..Quant::default()
-            };
-        }
-        let s = amax / 127.0;
-        if s.is_nan() || s < MIN_SCALE {
-            return Quant {
-                s: f32::NAN,
-                ..Quant::default()
-            };
-        }
+        let s = match scale(amax, &mut q1[..n], &mut q2[..n]) {
+            Ok(s) => s,
+            Err(q) => return q,
+        };
         let (inv, fine) = (_mm512_set1_ps(1.0 / s), _mm512_set1_ps(254.0 / s));
         let vs = _mm512_set1_ps(s);
         let zero = _mm512_setzero_ps();
