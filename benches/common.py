@@ -435,7 +435,8 @@ def machine_info() -> dict[str, Any]:
     info["versions"] = versions
     pf = load_protofast(quiet=True)
     # whether k-means' plain steps run the integer screen on the CPU's tile unit
-    info["protofast_amx"] = bool(pf.get_amx()) if pf is not None and hasattr(pf, "get_amx") else None
+    get_amx = getattr(pf, "get_amx", None)
+    info["protofast_amx"] = bool(get_amx()) if get_amx is not None else None
     tpc = optional_import("threadpoolctl")
     if tpc is not None:
         pools = []
