@@ -48,7 +48,7 @@ struct Quant {
     /// The scale (0 for a zero vector); NaN (no screen) when the vector is
     /// not finite or its largest magnitude is below `127·2⁻¹⁰⁰`.
     s: f32,
-    /// `max_i |x_i − s·(q₁ᵢ + q₂ᵢ/254)|`, rounded up.
+    /// A bound on `max_i |x_i − s·(q₁ᵢ + q₂ᵢ/254)|` ([`quant_err`]).
     err: f64,
     /// `‖x‖₁` and `‖x‖₂`, rounded up.
     l1: f64,
@@ -67,8 +67,8 @@ impl Quant {
 /// finite and normal well above it.
 const MIN_SCALE: f32 = 1.0 / (1u64 << 50) as f32 / (1u64 << 50) as f32;
 
-/// Writes `v` as `s·(q1 + q2/254)` (int8, |q| ≤ 127) and measures the
-/// error in f64.
+/// Writes `v` as `s·(q1 + q2/254)` (int8, |q| ≤ 127), with the bound of
+/// [`quant_err`] on its error and the norms, summed in f64.
 #[inline(always)]
 fn quantize(v: &[f32], q1: &mut [i8], q2: &mut [i8]) -> Quant {
     // f32::max drops NaN: count non-finite values apart
@@ -175,8 +175,8 @@ impl Screen {
     /// norms `c_norms` (those the fused kernel uses); the products run on
     /// the tile unit when `amx` (the caller checked [`amx_ready`]), else
     /// in portable code. `None` when a centroid cannot be quantized (not
-    /// finite, or so small its scale is subnormal): the caller runs the
-    /// full pass.
+    /// finite, or its scale below [`MIN_SCALE`]) or its norms overflow:
+    /// the caller runs the full pass.
     pub(crate) fn new(c: &[f32], c_norms: &[f32], d: usize, amx: bool) -> Option<Screen> {
         let k = c_norms.len();
         assert!(c.len() == k * d && k > 0 && d > 0);
@@ -672,7 +672,7 @@ fn amx_supported() -> bool {
 /// k = 128, 0.96 at 192, 0.85 at 256, 0.70 at 1000. Above 32 768 values the
 /// int32 products could overflow.
 pub(crate) fn worth_it(k: usize, d: usize) -> bool {
-    k >= 192 && d <= 32_768
+    k >= 192 && (1..=32_768).contains(&d)
 }
 
 #[cfg(target_arch = "x86_64")]
