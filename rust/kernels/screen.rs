@@ -666,13 +666,17 @@ fn amx_supported() -> bool {
 }
 
 /// Whether the screen is worth running for `k` centroids of `d` values.
-/// Its fixed costs (quantizing every row, the scan, the re-check of about
-/// one panel per row) match the full pass near 128 centroids; measured one
-/// Lloyd iteration at 10 000×384, the screen over the full pass: 1.06 at
-/// k = 128, 0.96 at 192, 0.85 at 256, 0.70 at 1000. Above 32 768 values the
+/// Its fixed costs per row (quantizing the row, scanning `k` screened
+/// values, re-checking about one panel) weigh against the `k·d` products
+/// it saves. Measured one Lloyd iteration, the screen over the full pass
+/// (10 000 or 20 000 rows, interleaved calls): at d = 384, 1.06 at k = 128,
+/// 0.96 at 192, 0.85 at 256, 0.70 at 1000; at k = 256, 2.01 at d = 32,
+/// 1.26 at 64, 1.04 at 128 and 192, 0.90 at 256; 1.04 at 256×192, 1.01
+/// at 128×512, 0.87 at 128×1000, 1.34 at 64×1000. Hence at least 192
+/// centroids, 128 values and 65 536 products a row. Above 32 768 values the
 /// int32 products could overflow.
 pub(crate) fn worth_it(k: usize, d: usize) -> bool {
-    k >= 192 && (1..=32_768).contains(&d)
+    k >= 192 && (128..=32_768).contains(&d) && k * d >= 65_536
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -574,16 +574,18 @@ mod tests {
 
     #[test]
     fn the_amx_screen_changes_no_bit() {
-        // 2 000 rows near 250 centres, k = 250 (the screen's range): the
-        // same run with the screen off and (where the CPU has AMX) on
+        // 2 000 rows near 256 centres, k = 256 and d = 256 (the screen's
+        // range): the same run with the screen off and (where the CPU has
+        // AMX) on
         let mut rng = Rng::new(21);
-        let (n, d, k) = (2000, 48, 250);
+        let (n, d, k) = (2000, 256, 256);
+        assert!(crate::kernels::screen::worth_it(k, d));
         let centres: Vec<f32> = (0..k * d).map(|_| rng.next_f64() as f32 - 0.5).collect();
         let mut x = Vec::with_capacity(n * d);
         for i in 0..n {
             let c = (i * 7919) % k;
             for t in 0..d {
-                x.push(centres[c * d + t] + (rng.next_f64() as f32 - 0.5) * 0.3);
+                x.push(centres[c * d + t] + (rng.next_f64() as f32 - 0.5) * 1.5);
             }
         }
         let run = |amx: bool| {

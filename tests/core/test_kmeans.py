@@ -182,11 +182,11 @@ def test_reassign_false_keeps_the_partition_the_centroids_average() -> None:
 
 @pytest.mark.parametrize("spherical", [False, True])
 def test_the_amx_screen_changes_no_bit(spherical: bool) -> None:
-    # k = 256 is in the screen's range; unit rows near 256 centres with heavy noise
+    # k = 256, D = 256 is in the screen's range; unit rows near 256 centres with heavy noise
     # (many near ties between centroids)
     rng = np.random.default_rng(3)
-    centres = rng.normal(size=(256, 96))
-    x = centres[rng.integers(0, 256, 3000)] + 1.5 * rng.normal(size=(3000, 96))
+    centres = rng.normal(size=(256, 256))
+    x = centres[rng.integers(0, 256, 3000)] + 1.5 * rng.normal(size=(3000, 256))
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     before = protofast.get_amx()
     try:
