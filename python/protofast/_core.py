@@ -448,7 +448,8 @@ def set_amx(enabled: bool) -> bool:
 
     The screen bounds every centroid's distance from int8 products and recomputes only the
     panels of centroids that may be nearest, with the full pass's own arithmetic: labels,
-    centroids and inertia are the same bits either way; only the time differs.
+    centroids and inertia are the same bits either way; only the time differs. It runs where it
+    was measured to pay: ``k >= 192``, ``D >= 128`` and ``k * D >= 65536``.
 
     Args:
         enabled: Whether the screen should run.
