@@ -173,7 +173,7 @@ struct Maxima {
 impl Screen {
     /// Quantizes and packs the `k` rows of `c` (k×d) with their squared
     /// norms `c_norms` (those the fused kernel uses); the products run on
-    /// the tile unit when `amx` (the caller checked [`amx_ready`]), else
+    /// the tile unit when `amx` (the caller checked [`amx_enabled`]), else
     /// in portable code. `None` when a centroid cannot be quantized (not
     /// finite, or its scale below [`MIN_SCALE`]) or its norms overflow:
     /// the caller runs the full pass.
@@ -472,7 +472,7 @@ fn products(sc: &Screen, a1: &[i8], a2: &[i8], mp: usize, p: &mut [i32], r: &mut
     #[cfg(target_arch = "x86_64")]
     if sc.amx {
         // SAFETY: `amx` is only set when the tile unit is ready
-        // ([`amx_ready`]); the buffers have the sizes the loops read.
+        // ([`amx_enabled`]); the buffers have the sizes the loops read.
         unsafe { amx::products(sc, a1, a2, mp, p, r) };
         return;
     }
@@ -609,7 +609,7 @@ static AMX: AtomicU8 = AtomicU8::new(0);
 /// AVX-512, the OS lets this process use the tiles, and the screen was not
 /// turned off (`PROTOFAST_AMX=0` in the environment, or [`set_amx`]).
 /// Decided on the first call.
-pub(crate) fn amx_ready() -> bool {
+pub fn amx_enabled() -> bool {
     match AMX.load(Ordering::Relaxed) {
         0 => {
             let off = std::env::var("PROTOFAST_AMX").is_ok_and(|v| v.trim() == "0");
@@ -635,11 +635,6 @@ pub fn set_amx(on: bool) -> bool {
     let on = on && amx_supported();
     AMX.store(if on { 2 } else { 1 }, Ordering::Relaxed);
     on
-}
-
-/// Whether the screen runs (see [`set_amx`]).
-pub fn amx_enabled() -> bool {
-    amx_ready()
 }
 
 /// The CPU has AMX-TILE, AMX-INT8 and AVX-512, and the OS granted this
@@ -732,7 +727,7 @@ mod amx {
     /// See [`super::products`].
     ///
     /// # Safety
-    /// The tile unit is ready ([`super::amx_ready`]); `a1` holds `mp`
+    /// The tile unit is ready ([`super::amx_enabled`]); `a1` holds `mp`
     /// rows of `dp`, `a2` `mp` rows of `2·dp`, `p` and `r` `mp` rows of
     /// `kp`; `mp` is a multiple of 32.
     pub(super) unsafe fn products(

@@ -86,7 +86,7 @@ impl GroupScan {
 /// are those of a full grouped step bit for bit. Ties go to the lowest
 /// index.
 ///
-/// Where the CPU has AMX ([`screen::amx_ready`]) and `k` is large enough
+/// Where the CPU has AMX ([`screen::amx_enabled`]) and `k` is large enough
 /// ([`screen::worth_it`]), an exact integer screen picks the panels of
 /// centroids that can be nearest and only those are computed, with the
 /// same bits.
@@ -101,7 +101,7 @@ pub(super) fn assign_plain(
 ) {
     let packed = Packed::new(c, c_norms, d);
     let k = c_norms.len();
-    let screen = (screen::worth_it(k, d) && screen::amx_ready())
+    let screen = (screen::worth_it(k, d) && screen::amx_enabled())
         .then(|| Screen::new(c, c_norms, d, true))
         .flatten();
     x.par_chunks(GROUP_BLOCK * d)
