@@ -3,7 +3,6 @@
 use rayon::prelude::*;
 
 use crate::kernels::argmin::{argmin_rows, smallest_two, values_rows, Packed};
-use crate::kernels::screen::{self, Screen, ScreenWork};
 
 use super::bounds::{dist_rel_err, Bounds, Groups};
 
@@ -80,58 +79,11 @@ impl GroupScan {
     }
 }
 
-/// The plain assignment step: every point compared with every centroid by
-/// the fused kernel ([`argmin_rows`], centroids packed once per step), whose
-/// products are summed as [`assign_grouped`]'s, so the labels and distances
-/// are those of a full grouped step bit for bit. Ties go to the lowest
-/// index.
-///
-/// Where the CPU has AMX ([`screen::amx_enabled`]) and `k` is large enough
-/// ([`screen::worth_it`]), an exact integer screen picks the panels of
-/// centroids that can be nearest and only those are computed, with the
-/// same bits.
-pub(super) fn assign_plain(
-    x: &[f32],
-    x_norms: &[f32],
-    d: usize,
-    c: &[f32],
-    c_norms: &[f32],
-    labels: &mut [u32],
-    dists: &mut [f32],
-) {
-    let packed = Packed::new(c, c_norms, d);
-    let k = c_norms.len();
-    let screen = (screen::worth_it(k, d) && screen::amx_enabled())
-        .then(|| Screen::new(c, c_norms, d, true))
-        .flatten();
-    x.par_chunks(GROUP_BLOCK * d)
-        .zip(labels.par_chunks_mut(GROUP_BLOCK))
-        .zip(dists.par_chunks_mut(GROUP_BLOCK))
-        .enumerate()
-        .for_each_init(
-            <(Vec<f32>, ScreenWork)>::default,
-            |(m1, work), (b, ((xb, lb), db))| {
-                let m = lb.len();
-                m1.resize(m, 0.0);
-                match &screen {
-                    Some(sc) => {
-                        sc.argmin_rows(xb, m, &packed, m1, lb, work);
-                    }
-                    None => argmin_rows(xb, m, &packed, m1, None, lb),
-                }
-                let norms = &x_norms[b * GROUP_BLOCK..b * GROUP_BLOCK + m];
-                for r in 0..m {
-                    db[r] = (norms[r] + m1[r]).max(0.0);
-                }
-            },
-        );
-}
-
 /// Rows per block of the bounded assignment: larger than
 /// [`ROW_BLOCK`](crate::linalg::ROW_BLOCK) so
 /// that the rows needing one group make a product large enough to run at
 /// full rate. Fixed, like every block size here.
-const GROUP_BLOCK: usize = 256;
+pub(super) const GROUP_BLOCK: usize = 256;
 
 /// What one call of [`assign_grouped`] computed.
 #[derive(Debug, Default, Clone, Copy)]

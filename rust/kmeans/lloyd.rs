@@ -3,8 +3,9 @@
 use crate::kernels::argmin::Packed;
 use crate::linalg::{row_sq_norms, sq_dist};
 
-use super::assign::{assign_grouped, assign_plain, AssignStats, GroupedCentroids};
+use super::assign::{assign_grouped, AssignStats, GroupedCentroids};
 use super::bounds::{half_separation, Bounds, Groups};
+use super::plain::{assign_plain, assign_plain_inertia};
 use super::sums::{exact_inertia, ClusterSums};
 use super::KMeansResult;
 
@@ -136,23 +137,38 @@ fn lloyd_counting(
     // when its update changed no centroid, else one more assignment step,
     // bounded when the bounds are current (the plain step's labels either
     // way). Without `reassign`, the last step's labels stay (a run of no
-    // step still needs one).
+    // step still needs one). A plain final step also sums the inertia,
+    // from the rows while they are in cache.
+    let mut inertia = None;
     if !unchanged && (reassign || n_iter == 0) {
         let c_norms = row_sq_norms(&centroids, d);
-        assign_step(
-            bounded_steps.as_mut().filter(|b| b.is_current()),
-            x,
-            x_norms,
-            d,
-            &centroids,
-            &c_norms,
-            max_iter,
-            &mut labels,
-            &mut dists,
-            (&mut group_products, &mut bounded_count),
-        );
+        match bounded_steps.as_mut().filter(|b| b.is_current()) {
+            Some(b) => assign_step(
+                Some(b),
+                x,
+                x_norms,
+                d,
+                &centroids,
+                &c_norms,
+                max_iter,
+                &mut labels,
+                &mut dists,
+                (&mut group_products, &mut bounded_count),
+            ),
+            None => {
+                inertia = Some(assign_plain_inertia(
+                    x,
+                    x_norms,
+                    d,
+                    &centroids,
+                    &c_norms,
+                    &mut labels,
+                    &mut dists,
+                ));
+            }
+        }
     }
-    let inertia = exact_inertia(x, d, &centroids, &labels);
+    let inertia = inertia.unwrap_or_else(|| exact_inertia(x, d, &centroids, &labels));
     let result = KMeansResult {
         centroids,
         labels,

@@ -20,6 +20,7 @@
 mod assign;
 mod bounds;
 mod lloyd;
+mod plain;
 mod seeding;
 mod sums;
 

@@ -5,18 +5,31 @@ use rayon::prelude::*;
 use crate::linalg::{sq_dist, ROW_BLOCK};
 use crate::simd::{add_row, sub_row};
 
-/// Σ‖x_i − c_{label_i}‖², in f64, per block then over blocks in order.
+/// Σ‖x_i − c_{label_i}‖², in f64, per block of [`INERTIA_BLOCK`] rows
+/// ([`block_inertia`]) then over blocks in order ([`sum_parts`]).
 pub fn exact_inertia(x: &[f32], d: usize, centroids: &[f32], labels: &[u32]) -> f64 {
     let parts: Vec<f64> = x
-        .par_chunks(ROW_BLOCK * d)
-        .zip(labels.par_chunks(ROW_BLOCK))
-        .map(|(xb, lb)| {
-            xb.chunks(d)
-                .zip(lb)
-                .map(|(row, &l)| sq_dist(row, &centroids[l as usize * d..(l as usize + 1) * d]))
-                .sum::<f64>()
-        })
+        .par_chunks(INERTIA_BLOCK * d)
+        .zip(labels.par_chunks(INERTIA_BLOCK))
+        .map(|(xb, lb)| block_inertia(xb, d, centroids, lb))
         .collect();
+    sum_parts(&parts)
+}
+
+/// Rows per part of [`exact_inertia`].
+pub(super) const INERTIA_BLOCK: usize = ROW_BLOCK;
+
+/// Σ‖x_i − c_{label_i}‖² over the rows `xb` (labels `lb`), in f64, in
+/// order: one part of [`exact_inertia`].
+pub(super) fn block_inertia(xb: &[f32], d: usize, centroids: &[f32], lb: &[u32]) -> f64 {
+    xb.chunks(d)
+        .zip(lb)
+        .map(|(row, &l)| sq_dist(row, &centroids[l as usize * d..(l as usize + 1) * d]))
+        .sum::<f64>()
+}
+
+/// The parts of [`exact_inertia`] added up, in order.
+pub(super) fn sum_parts(parts: &[f64]) -> f64 {
     parts.iter().sum()
 }
 
