@@ -13,6 +13,11 @@ Three sections, all on the same unit-norm clustered data (fixed seed):
    float32 product of the same shapes (``N×D @ D×k``), and the time per iteration of runs of 3, 5
    and 20 iterations from the same ``C0`` as ratios to faiss's and scikit-learn's, all in one run.
 
+Every timed block of calls (one tool, one size) starts after a pause of ``SETTLE_S``: OpenBLAS's
+idle threads spin for about 2**28 cycles after each call before they sleep, and on a machine with
+few cores they take the cores from whichever tool runs next (measured here: a protofast call right
+after numpy's product took 2.3× its time after a pause of 0.2 s).
+
 Run: ``.venv/bin/python benches/bench_kmeans.py --quick`` (``--full`` adds 1M×384×1000).
 """
 
@@ -22,6 +27,7 @@ import argparse
 import dataclasses
 import functools
 import sys
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,6 +52,9 @@ FULL_SIZES = ALL_SIZES
 BIG_N = 1_000_000
 FAISS_ALL_POINTS = 1 << 30  # max_points_per_centroid: never subsample
 TOOLS = ("protofast", "sklearn-lloyd", "sklearn-elkan", "faiss", "numpy")
+# Pause before each timed block: longer than OpenBLAS's idle spin (2**28 cycles, about 0.1 s here),
+# so no other library's threads still hold the cores when a tool's calls start.
+SETTLE_S = 0.25
 
 
 @dataclasses.dataclass
@@ -239,6 +248,7 @@ def numpy_one_product(x: np.ndarray, c0: np.ndarray, repeats: int) -> float:
     """Median time of numpy's float32 ``x @ c0.T`` as one call (output buffer preallocated)."""
     ct = np.ascontiguousarray(c0.T)
     out = np.empty((x.shape[0], c0.shape[0]), dtype=np.float32)
+    time.sleep(SETTLE_S)
     t = common.time_call(lambda: np.matmul(x, ct, out=out), repeats=repeats, warmup=1)
     return t.median
 
@@ -255,12 +265,26 @@ def short_section(ctx: SizeContext, iters_list: Sequence[int]) -> list[dict[str,
     x, c0 = ctx.x, ctx.c0
     n, d = x.shape
     k = c0.shape[0]
-    gemm_s = numpy_one_product(x, c0, ctx.repeats)
+    # a difference of two medians: small sizes get more runs (their noise is a larger part)
+    first_runs = ctx.repeats if n * d * k >= 10**10 else max(ctx.repeats, 15)
     first = zero = None
-    if "protofast" in ctx.tools:
-        # a difference of two medians: small sizes get more runs (their noise is a larger part)
-        first_runs = ctx.repeats if n * d * k >= 10**10 else max(ctx.repeats, 15)
-        first, zero = protofast_first_iteration(x, c0, first_runs)
+    if ctx.interleave:
+        ct = np.ascontiguousarray(c0.T)
+        out = np.empty((n, k), dtype=np.float32)
+        calls: dict[str, Callable[[], Any]] = {"numpy": lambda: np.matmul(x, ct, out=out)}
+        if "protofast" in ctx.tools:
+            calls["one"] = lambda: protofast_fixed(x, c0, 1)
+            calls["zero"] = lambda: protofast_fixed(x, c0, 0)
+        firsts = _interleaved(calls, rounds=first_runs)
+        gemm_s = firsts["numpy"].median
+        if "protofast" in ctx.tools:
+            zero = firsts["zero"].median
+            first = firsts["one"].median - zero
+    else:
+        gemm_s = numpy_one_product(x, c0, ctx.repeats)
+        if "protofast" in ctx.tools:
+            first, zero = protofast_first_iteration(x, c0, first_runs)
+    if first is not None:
         print(
             f"  short first iteration {common.fmt_ms(first)} ms, numpy {d}-deep product "
             f"{common.fmt_ms(gemm_s)} ms: {first / gemm_s:.2f}×",
@@ -286,8 +310,19 @@ def short_section(ctx: SizeContext, iters_list: Sequence[int]) -> list[dict[str,
             tools.insert(tools.index("protofast") + 1, "protofast-last")
             if amx:
                 tools.insert(tools.index("protofast") + 2, "protofast-noamx")
+        timed: dict[str, common.Timing[KMOut]] = {}
+        if ctx.interleave:
+            timed = _interleaved(
+                {tool: functools.partial(runners[tool], x, it) for tool in tools},
+                rounds=ctx.repeats,
+                warmups=(
+                    {tool: functools.partial(runners[tool], xw, it) for tool in tools}
+                    if xw is not None
+                    else None
+                ),
+            )
         for tool in tools:
-            t = _timed(
+            t = timed.get(tool) or _timed(
                 functools.partial(runners[tool], x, it),
                 repeats=ctx.repeats,
                 warmup_fn=functools.partial(runners[tool], xw, it) if xw is not None else None,
@@ -378,9 +413,41 @@ def _timed(
     repeats: int,
     warmup_fn: Callable[[], object] | None,
 ) -> common.Timing[KMOut]:
+    """``common.time_call`` after a pause of ``SETTLE_S`` (see the module docstring)."""
+    time.sleep(SETTLE_S)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return common.time_call(fn, repeats=repeats, warmup=1, warmup_fn=warmup_fn)
+
+
+def _interleaved(
+    fns: dict[str, Callable[[], Any]],
+    *,
+    rounds: int,
+    warmups: dict[str, Callable[[], object]] | None = None,
+) -> dict[str, common.Timing[Any]]:
+    """Times the calls ``fns`` in ``rounds`` rounds: one untimed warm-up call each (``warmups``
+    where given), then in every round each call once, in an order rotated by one per round, each
+    after a pause of ``SETTLE_S``. Every call thus meets the same machine, round after round,
+    which blocks of calls per tool do not on a shared machine whose speed drifts."""
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    results: dict[str, Any] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in names:
+            time.sleep(SETTLE_S)
+            ((warmups or {}).get(name) or fns[name])()
+        for r in range(rounds):
+            shift = r % len(names)
+            for name in names[shift:] + names[:shift]:
+                time.sleep(SETTLE_S)
+                t0 = time.perf_counter()
+                results[name] = fns[name]()
+                times[name].append(time.perf_counter() - t0)
+    return {
+        name: common.Timing(times=times[name], warmup=1, result=results[name]) for name in names
+    }
 
 
 @dataclasses.dataclass
@@ -394,6 +461,7 @@ class SizeContext:
     warm_x: np.ndarray | None  # a slice used for the warm-up when N is large
     tools: list[str]
     iters: int
+    interleave: bool = False  # short runs: rounds of every tool, not blocks per tool
 
 
 def fixed_section(ctx: SizeContext, gemm_rate: float) -> list[dict[str, Any]]:
@@ -604,6 +672,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             warm_x=x[: min(n, max(20000, 20 * k))] if big else None,
             tools=tools,
             iters=args.iters,
+            interleave=args.interleave,
         )
         warm = " (warm-up on a 20k-row slice)" if big else ""
         print(f"\n[kmeans] {ctx.label}: {ctx.repeats} runs per tool{warm}", flush=True)
@@ -638,6 +707,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "sklearn and protofast stop on strict convergence (no label changed) even with tol=0, "
             "so some rows ran fewer iterations; ms/iter divides by the iterations actually run."
         )
+    notes.append(
+        f"Each timed block of calls starts after a {SETTLE_S} s pause, so that no library's idle "
+        "threads still spin on the cores (OpenBLAS's spin about 0.1 s after each call)."
+    )
     if any(s[0] >= BIG_N for s in args.sizes):
         notes.append(
             f"N ≥ 1M: {min(args.repeats, args.big_repeats)} timed runs (not {args.repeats}), "
@@ -852,6 +925,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=lambda s: [int(v) for v in s.split(",") if v],
         default=[],
         help="iteration counts of the short-run section, e.g. 3,5,20 (default: section skipped)",
+    )
+    p.add_argument(
+        "--interleave",
+        action="store_true",
+        help="short runs: time the tools in rounds (each once per round, order rotated, a pause "
+        "before every call) instead of one block of calls per tool",
     )
     p.add_argument(
         "--no-fixed", dest="fixed", action="store_false", help="skip the fixed-iteration section"
