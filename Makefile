@@ -79,8 +79,8 @@ bench: develop ## The benchmarks of benches/RESULTS.md (long, 30 min or more on 
 	$(BENCH_PY) benches/bench_kmeans.py --sizes 50x384x5,1000x384x20,10000x384x100 --repeats 5 --json-name kmeans_small
 	$(BENCH_PY) benches/bench_kmeans.py --sizes 100000x384x256 --repeats 3 --tools protofast,sklearn-lloyd,faiss,numpy --no-e2e --json-name kmeans_100k
 	$(BENCH_PY) benches/bench_kmeans.py --sizes 10000x384x100,100000x384x256 --noise 1.0 --repeats 3 --tools protofast,sklearn-lloyd,faiss --no-e2e --no-init --json-name kmeans_clustered
-	$(BENCH_PY) benches/bench_kmeans.py --sizes 10000x384x100,100000x384x256 --short-runs 3,5,20 --no-fixed --no-e2e --no-init --tools protofast,sklearn-lloyd,faiss --repeats 3 --json-name kmeans_short
-	$(BENCH_PY) benches/bench_kmeans.py --sizes 10000x384x100,100000x384x256 --noise 1.0 --short-runs 3,5,20 --no-fixed --no-e2e --no-init --tools protofast,sklearn-lloyd,faiss --repeats 3 --json-name kmeans_short_clustered
+	$(BENCH_PY) benches/bench_kmeans.py --sizes 10000x384x100,100000x384x256 --short-runs 3,5,20 --interleave --no-fixed --no-e2e --no-init --tools protofast,sklearn-lloyd,faiss --repeats 5 --json-name kmeans_short
+	$(BENCH_PY) benches/bench_kmeans.py --sizes 10000x384x100,100000x384x256 --noise 1.0 --short-runs 3,5,20 --interleave --no-fixed --no-e2e --no-init --tools protofast,sklearn-lloyd,faiss --repeats 5 --json-name kmeans_short_clustered
 	$(BENCH_PY) benches/bench_lookup.py --quick
 	$(BENCH_PY) benches/bench_step.py --quick --interleave
 	$(BENCH_PY) benches/bench_memory.py --quick
