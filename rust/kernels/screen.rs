@@ -272,19 +272,44 @@ impl Screen {
         arg: &mut [u32],
         work: &mut ScreenWork,
     ) -> usize {
+        self.argmin_rows_keeping(x, m, pc, m1, arg, work, None)
+    }
+
+    /// [`Screen::argmin_rows`], keeping each row's screened values and the
+    /// bound on their error in `kept` (when given).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn argmin_rows_keeping(
+        &self,
+        x: &[f32],
+        m: usize,
+        pc: &Packed,
+        m1: &mut [f32],
+        arg: &mut [u32],
+        work: &mut ScreenWork,
+        kept: Option<Kept>,
+    ) -> usize {
         assert!(x.len() == m * self.d && m1.len() >= m && arg.len() >= m);
+        assert!(kept
+            .as_ref()
+            .is_none_or(|k| k.values.len() >= m * self.kp && k.bounds.len() >= m));
         #[cfg(target_arch = "x86_64")]
         if cpu::level() == CpuLevel::Avx512 {
             // SAFETY: the CPU has AVX-512 F, BW, DQ and VL.
-            return unsafe { self.rows_avx512(x, m, pc, m1, arg, work) };
+            return unsafe { self.rows_avx512(x, m, pc, m1, arg, work, kept) };
         }
-        self.rows(x, m, pc, m1, arg, work)
+        self.rows(x, m, pc, m1, arg, work, kept)
+    }
+
+    /// Centroids per row of [`Kept::values`]: `k` padded to whole panels.
+    pub(crate) fn padded(&self) -> usize {
+        self.kp
     }
 
     /// # Safety
     /// The CPU must have AVX-512 F, BW, DQ and VL.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn rows_avx512(
         &self,
         x: &[f32],
@@ -293,12 +318,14 @@ impl Screen {
         m1: &mut [f32],
         arg: &mut [u32],
         work: &mut ScreenWork,
+        kept: Option<Kept>,
     ) -> usize {
-        self.rows(x, m, pc, m1, arg, work)
+        self.rows(x, m, pc, m1, arg, work, kept)
     }
 
     /// [`Screen::argmin_rows`], inlined into each instruction set's version.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     fn rows(
         &self,
         x: &[f32],
@@ -307,6 +334,7 @@ impl Screen {
         m1: &mut [f32],
         arg: &mut [u32],
         work: &mut ScreenWork,
+        mut kept: Option<Kept>,
     ) -> usize {
         assert_eq!(pc.padded(), self.kp);
         let (d, dp, kp) = (self.d, self.dp, self.kp);
@@ -332,10 +360,19 @@ impl Screen {
                     Some(b) if q.usable() => {
                         let least = screened_row(self, q.s, p, rr, &mut work.sv) as f64;
                         let t = least + 2.0 * b;
+                        if let Some(k) = kept.as_mut().filter(|_| t.is_finite()) {
+                            k.values[r * kp..(r + 1) * kp].copy_from_slice(&work.sv);
+                            k.bounds[r] = b;
+                        }
                         t.is_finite().then(|| round_up(t))
                     }
                     _ => None,
                 };
+                if thr.is_none() {
+                    if let Some(k) = kept.as_mut() {
+                        k.bounds[r] = f64::INFINITY;
+                    }
+                }
                 let before = work.pairs.len();
                 if let Some(thr) = thr {
                     for (c, vals) in work.sv.chunks_exact(PANEL).enumerate() {
@@ -400,6 +437,19 @@ fn quantize_rows(
     }
     a1[m * dp..].fill(0);
     a2[m * 2 * dp..].fill(0);
+}
+
+/// Where [`Screen::argmin_rows_keeping`] keeps what it screened, for the
+/// `m` rows of a call.
+pub(crate) struct Kept<'a> {
+    /// Row `r`'s screened values `ṽ_j` at `r·kp..(r + 1)·kp`
+    /// ([`Screen::padded`]; +∞ past `k`); unspecified where its bound is
+    /// +∞.
+    pub(crate) values: &'a mut [f32],
+    /// Row `r`'s bound on `|ṽ_j − v_j|` for every `j`, `v_j` the value the
+    /// fused kernel computes (see `row_bound`); +∞ where the row had none
+    /// (it was re-checked against every panel).
+    pub(crate) bounds: &'a mut [f64],
 }
 
 /// Work buffers of one thread of the screened assignment.

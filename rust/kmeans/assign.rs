@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use crate::kernels::argmin::{argmin_rows, smallest_two, values_rows, Packed};
+use crate::kernels::screen::{Kept, Screen, ScreenWork};
 
 use super::bounds::{dist_rel_err, Bounds, Groups};
 
@@ -161,6 +162,96 @@ pub(super) fn assign_grouped(
         })
         .collect();
     parts.into_iter().fold(AssignStats::default(), |a, b| a + b)
+}
+
+/// A full step of [`assign_grouped`] (every point's label, distance and
+/// fresh bounds) through the AMX screen `sc` (built from `c`, `c_norms` in
+/// their original order, as `packed`): the labels and distances are the
+/// plain step's bits (the screen re-checks the candidates with the fused
+/// kernel's arithmetic), and each group's lower bound comes from the
+/// screened values less the row's bound on their error, so that no group
+/// is computed in full as [`assign_grouped`] does. The bounds are looser
+/// than the exact ones by that error (about 2⁻¹⁵ of the values): later
+/// steps may re-check a few more points, never change a label. A row the
+/// screen had no bound for gets lower bounds of 0 (re-checked next step).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn assign_full_screened(
+    x: &[f32],
+    x_norms: &[f32],
+    d: usize,
+    c_norms: &[f32],
+    packed: &Packed,
+    sc: &Screen,
+    groups: &Groups,
+    labels: &mut [u32],
+    dists: &mut [f32],
+    bounds: &mut Bounds,
+) {
+    let t = groups.len();
+    let kp = sc.padded();
+    let c_max = c_norms.iter().fold(0f32, |a, &b| a.max(b)) as f64;
+    let err = dist_rel_err(d);
+    // where each centroid sits in the groups' order
+    let mut at = vec![0usize; c_norms.len()];
+    for (i, &j) in groups.order.iter().enumerate() {
+        at[j as usize] = i;
+    }
+    x.par_chunks(GROUP_BLOCK * d)
+        .zip(labels.par_chunks_mut(GROUP_BLOCK))
+        .zip(dists.par_chunks_mut(GROUP_BLOCK))
+        .zip(bounds.upper.par_chunks_mut(GROUP_BLOCK))
+        .zip(bounds.lower.par_chunks_mut(GROUP_BLOCK * t))
+        .enumerate()
+        .for_each_init(
+            <(Vec<f32>, ScreenWork, Vec<f32>, Vec<f64>, Vec<f32>)>::default,
+            |(m1, work, values, row_err, ordered), (b, ((((xb, lb), db), ub), lwb))| {
+                let m = lb.len();
+                m1.resize(m, 0.0);
+                values.resize(m * kp, 0.0);
+                row_err.resize(m, 0.0);
+                let kept = Kept {
+                    values,
+                    bounds: row_err,
+                };
+                sc.argmin_rows_keeping(xb, m, packed, m1, lb, work, Some(kept));
+                let norms = &x_norms[b * GROUP_BLOCK..b * GROUP_BLOCK + m];
+                for r in 0..m {
+                    let xn = norms[r];
+                    let e = err * (xn as f64 + c_max);
+                    // as `Scratch::settle` sets them
+                    let d1 = (xn + m1[r]).max(0.0);
+                    db[r] = d1;
+                    ub[r] = ((d1 as f64 + e).sqrt() * (1.0 + 1e-6)) as f32;
+                    let label = lb[r] as usize;
+                    // the row's screened values in group order, its own
+                    // centroid's left out
+                    let vals = &values[r * kp..(r + 1) * kp];
+                    ordered.clear();
+                    ordered.extend(groups.order.iter().map(|&j| vals[j as usize]));
+                    ordered[at[label]] = f32::INFINITY;
+                    let own = groups.of[label] as usize;
+                    for (g, lo) in lwb[r * t..(r + 1) * t].iter_mut().enumerate() {
+                        let (st, en) = (groups.start[g], groups.start[g + 1]);
+                        let others = en - st > usize::from(g == own);
+                        let least =
+                            ordered[st..en]
+                                .iter()
+                                .fold(f32::INFINITY, |a, &v| if v < a { v } else { a });
+                        *lo = if !others {
+                            // no other centroid in the group
+                            f32::INFINITY
+                        } else if row_err[r].is_finite() && least.is_finite() {
+                            // every other centroid's computed value is at
+                            // least `least − row_err`
+                            let v = xn as f64 + least as f64 - row_err[r] - e;
+                            (v.max(0.0).sqrt() * (1.0 - 1e-6)) as f32
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+            },
+        );
 }
 
 /// One block of points of [`assign_grouped`], with their labels, distances
@@ -353,5 +444,90 @@ impl Scratch {
                 f32::INFINITY
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kmeans::plain::assign_plain;
+    use crate::kmeans::tests::hd_blobs;
+    use crate::linalg::row_sq_norms;
+
+    #[test]
+    fn the_screened_full_step_gives_the_plain_labels_and_sound_bounds() {
+        // 700 rows (a short last block) near 40 centres, 200 centroids
+        // (13 panels, the last one short) in groups; portable products,
+        // so the test runs on every machine
+        let (d, k) = (160, 200);
+        let x = hd_blobs(20, 35, d, 3.0, false);
+        let n = x.len() / d;
+        let c: Vec<f32> = (0..k)
+            .flat_map(|j| {
+                x[(j * 3 % n) * d..(j * 3 % n + 1) * d]
+                    .iter()
+                    .map(|v| v * 0.9)
+            })
+            .collect();
+        let (xn, cn) = (row_sq_norms(&x, d), row_sq_norms(&c, d));
+        let groups = Groups::new(&c, k, d);
+        let t = groups.len();
+        assert!(t > 4);
+        let sc = Screen::new(&c, &cn, d, false).expect("quantizable");
+        let packed = Packed::new(&c, &cn, d);
+        let mut bounds = Bounds {
+            upper: vec![0f32; n],
+            lower: vec![0f32; n * t],
+        };
+        let (mut labels, mut dists) = (vec![0u32; n], vec![0f32; n]);
+        assign_full_screened(
+            &x,
+            &xn,
+            d,
+            &cn,
+            &packed,
+            &sc,
+            &groups,
+            &mut labels,
+            &mut dists,
+            &mut bounds,
+        );
+        let (mut want, mut want_d) = (vec![0u32; n], vec![0f32; n]);
+        assign_plain(&x, &xn, d, &c, &cn, &mut want, &mut want_d);
+        assert_eq!(labels, want);
+        assert!(dists
+            .iter()
+            .zip(&want_d)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        // every bound holds against the true (f64) distances, and most are
+        // close to them (not zeros)
+        let true_dist = |r: usize, j: usize| {
+            let (a, b) = (&x[r * d..(r + 1) * d], &c[j * d..(j + 1) * d]);
+            a.iter()
+                .zip(b)
+                .map(|(&p, &q)| (p as f64 - q as f64).powi(2))
+                .sum::<f64>()
+                .sqrt()
+        };
+        let mut tight = 0;
+        for (r, &label) in labels.iter().enumerate() {
+            let own = true_dist(r, label as usize);
+            assert!(
+                bounds.upper[r] as f64 >= own,
+                "row {r}: upper below the distance"
+            );
+            for g in 0..t {
+                let others: Vec<f64> = groups.order[groups.start[g]..groups.start[g + 1]]
+                    .iter()
+                    .filter(|&&j| j != label)
+                    .map(|&j| true_dist(r, j as usize))
+                    .collect();
+                let lo = bounds.lower[r * t + g] as f64;
+                let least = others.iter().fold(f64::INFINITY, |a, &b| a.min(b));
+                assert!(lo <= least, "row {r} group {g}: {lo} > {least}");
+                tight += usize::from(lo >= 0.999 * least);
+            }
+        }
+        assert!(tight * 10 >= n * t * 9, "{tight} of {} bounds tight", n * t);
     }
 }

@@ -1,9 +1,10 @@
 //! Lloyd's iterations, with or without the grouped bounds.
 
 use crate::kernels::argmin::Packed;
+use crate::kernels::screen::{self, Screen};
 use crate::linalg::{row_sq_norms, sq_dist};
 
-use super::assign::{assign_grouped, AssignStats, GroupedCentroids};
+use super::assign::{assign_full_screened, assign_grouped, AssignStats, GroupedCentroids};
 use super::bounds::{half_separation, Bounds, Groups};
 use super::plain::{assign_plain, assign_plain_inertia};
 use super::sums::{exact_inertia, ClusterSums};
@@ -270,6 +271,30 @@ impl BoundedSteps {
     ) -> AssignStats {
         let (n, k) = (labels.len(), c_norms.len());
         let full = self.full;
+        if full && screen::worth_it(k, d) && screen::amx_enabled() {
+            if let Some(sc) = Screen::new(centroids, c_norms, d, true) {
+                // the bounds set up from the screen: about a plain step's
+                // cost, where a full grouped step computes every distance
+                let packed = Packed::new(centroids, c_norms, d);
+                assign_full_screened(
+                    x,
+                    x_norms,
+                    d,
+                    c_norms,
+                    &packed,
+                    &sc,
+                    &self.groups,
+                    labels,
+                    dists,
+                    &mut self.bounds,
+                );
+                self.full = false;
+                return AssignStats {
+                    distances: n * k,
+                    group_products: 0,
+                };
+            }
+        }
         let cp: Vec<f32> = self
             .groups
             .order
@@ -477,6 +502,38 @@ mod tests {
         let plain = lloyd(&x, &norms, n, 2, init.clone(), 20, 0.0, false, false, true);
         let fast = lloyd(&x, &norms, n, 2, init, 20, 0.0, false, true, true);
         assert_eq!(plain, fast);
+    }
+
+    #[test]
+    fn bounds_set_up_through_the_amx_screen_change_no_bit() {
+        // k = 256, d = 256 (the screen's range), clustered rows: the bounds
+        // start within the run; with AMX (where the CPU has it) their full
+        // step runs through the screen, and the run is the same bits
+        let (d, k) = (256, 256);
+        assert!(screen::worth_it(k, d));
+        let x = hd_blobs(12, k, d, 2.0, false);
+        let n = x.len() / d;
+        let norms = row_sq_norms(&x, d);
+        let init = random_init(&x, n, d, k, &mut Rng::new(4));
+        let run = |amx: bool| {
+            crate::set_amx(amx);
+            let r = lloyd_counting(&x, &norms, n, d, init.clone(), 30, 0.0, false, true, true);
+            crate::set_amx(true);
+            r
+        };
+        let ((off, _, off_bounded), (on, _, on_bounded)) = (run(false), run(true));
+        assert!(
+            off_bounded > 0 && on_bounded > 0,
+            "the bounds never started"
+        );
+        assert_eq!(off.labels, on.labels);
+        assert!(off
+            .centroids
+            .iter()
+            .zip(&on.centroids)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert_eq!(off.inertia.to_bits(), on.inertia.to_bits());
+        assert_eq!(off.n_iter, on.n_iter);
     }
 
     #[test]
