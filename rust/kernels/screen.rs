@@ -262,23 +262,11 @@ impl Screen {
     /// the smallest value `‖c‖² − 2x·c` into `m1` and its index (the lowest
     /// among equals) into `arg`, bit for bit what
     /// [`argmin_rows`](super::argmin::argmin_rows) gives. Returns how many
-    /// panels of 16 centroids were recomputed. Single-threaded.
-    pub(crate) fn argmin_rows(
-        &self,
-        x: &[f32],
-        m: usize,
-        pc: &Packed,
-        m1: &mut [f32],
-        arg: &mut [u32],
-        work: &mut ScreenWork,
-    ) -> usize {
-        self.argmin_rows_keeping(x, m, pc, m1, arg, work, None)
-    }
-
-    /// [`Screen::argmin_rows`], keeping each row's screened values and the
-    /// bound on their error in `kept` (when given).
+    /// panels of 16 centroids were recomputed. Single-threaded. With
+    /// `kept`, each row's screened values and the bound on their error are
+    /// kept there too.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn argmin_rows_keeping(
+    pub(crate) fn argmin_rows(
         &self,
         x: &[f32],
         m: usize,
@@ -439,7 +427,7 @@ fn quantize_rows(
     a2[m * 2 * dp..].fill(0);
 }
 
-/// Where [`Screen::argmin_rows_keeping`] keeps what it screened, for the
+/// Where [`Screen::argmin_rows`] keeps what it screened, for the
 /// `m` rows of a call.
 pub(crate) struct Kept<'a> {
     /// Row `r`'s screened values `ṽ_j` at `r·kp..(r + 1)·kp`
@@ -989,7 +977,15 @@ mod tests {
             for (b, rows) in x.chunks(256 * d).enumerate() {
                 let mb = rows.len() / d;
                 let r = b * 256..b * 256 + mb;
-                pairs += sc.argmin_rows(rows, mb, &pc, &mut m1[r.clone()], &mut arg[r], &mut work);
+                pairs += sc.argmin_rows(
+                    rows,
+                    mb,
+                    &pc,
+                    &mut m1[r.clone()],
+                    &mut arg[r],
+                    &mut work,
+                    None,
+                );
             }
             assert_eq!(arg, want, "amx {amx}, m {m}, k {}, d {d}", cn.len());
             for (a, b) in m1.iter().zip(&want1) {
@@ -1055,7 +1051,15 @@ mod tests {
         let pc = Packed::new(&c, &cn, d);
         let sc = Screen::new(&c, &cn, d, false).unwrap();
         let (mut m1, mut arg) = ([0f32; 1], [0u32; 1]);
-        sc.argmin_rows(&row, 1, &pc, &mut m1, &mut arg, &mut ScreenWork::default());
+        sc.argmin_rows(
+            &row,
+            1,
+            &pc,
+            &mut m1,
+            &mut arg,
+            &mut ScreenWork::default(),
+            None,
+        );
         assert_eq!(arg[0], 3);
     }
 
@@ -1094,7 +1098,15 @@ mod tests {
         let pc = Packed::new(&c, &cn, d);
         let sc = Screen::new(&c, &cn, d, false).unwrap();
         let (mut m1, mut arg) = ([0f32; 3], [0u32; 3]);
-        let pairs = sc.argmin_rows(&x, 3, &pc, &mut m1, &mut arg, &mut ScreenWork::default());
+        let pairs = sc.argmin_rows(
+            &x,
+            3,
+            &pc,
+            &mut m1,
+            &mut arg,
+            &mut ScreenWork::default(),
+            None,
+        );
         assert!(pairs >= k.div_ceil(PANEL) + 2);
         let (mut w1, mut w) = ([0f32; 3], [0u32; 3]);
         argmin_rows(&x, 3, &pc, &mut w1, None, &mut w);

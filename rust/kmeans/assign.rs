@@ -213,7 +213,7 @@ pub(super) fn assign_full_screened(
                     values,
                     bounds: row_err,
                 };
-                sc.argmin_rows_keeping(xb, m, packed, m1, lb, work, Some(kept));
+                sc.argmin_rows(xb, m, packed, m1, lb, work, Some(kept));
                 let norms = &x_norms[b * GROUP_BLOCK..b * GROUP_BLOCK + m];
                 for r in 0..m {
                     let xn = norms[r];

@@ -93,20 +93,27 @@ fn lloyd_counting(
     let mut converged = false;
     // whether the last update left every centroid as it was (bit for bit)
     let mut unchanged = false;
+    // one assignment step, bounded through `b` when given
+    let step = |b: Option<&mut BoundedSteps>,
+                centroids: &[f32],
+                c_norms: &[f32],
+                labels: &mut [u32],
+                dists: &mut [f32],
+                tally: (&mut usize, &mut usize)| {
+        assign_step(
+            b, x, x_norms, d, centroids, c_norms, max_iter, labels, dists, tally,
+        )
+    };
     for it in 0..max_iter {
         let c_norms = row_sq_norms(&centroids, d);
         if bounded && bounded_steps.is_none() && bounds_will_pay(moved_last, n) {
             bounded_steps = Some(BoundedSteps::new(&centroids, n, d));
         }
         let step_bounded = bounded_steps.as_mut().is_some_and(|b| b.next_is_bounded());
-        assign_step(
+        step(
             bounded_steps.as_mut().filter(|_| step_bounded),
-            x,
-            x_norms,
-            d,
             &centroids,
             &c_norms,
-            max_iter,
             &mut labels,
             &mut dists,
             (&mut group_products, &mut bounded_count),
@@ -144,14 +151,10 @@ fn lloyd_counting(
     if !unchanged && (reassign || n_iter == 0) {
         let c_norms = row_sq_norms(&centroids, d);
         match bounded_steps.as_mut().filter(|b| b.is_current()) {
-            Some(b) => assign_step(
+            Some(b) => step(
                 Some(b),
-                x,
-                x_norms,
-                d,
                 &centroids,
                 &c_norms,
-                max_iter,
                 &mut labels,
                 &mut dists,
                 (&mut group_products, &mut bounded_count),
@@ -380,7 +383,7 @@ mod tests {
         assert!(!bounds_will_pay(Some(usize::MAX), 10));
     }
     use crate::kmeans::seeding::random_init;
-    use crate::kmeans::tests::{blobs, hd_blobs, in_pool};
+    use crate::kmeans::tests::{assert_same_bits, blobs, hd_blobs, in_pool};
     use crate::rng::Rng;
 
     #[test]
@@ -526,13 +529,7 @@ mod tests {
             off_bounded > 0 && on_bounded > 0,
             "the bounds never started"
         );
-        assert_eq!(off.labels, on.labels);
-        assert!(off
-            .centroids
-            .iter()
-            .zip(&on.centroids)
-            .all(|(a, b)| a.to_bits() == b.to_bits()));
-        assert_eq!(off.inertia.to_bits(), on.inertia.to_bits());
+        assert_same_bits(&off, &on);
         assert_eq!(off.n_iter, on.n_iter);
     }
 

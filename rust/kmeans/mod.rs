@@ -431,6 +431,17 @@ mod tests {
         x
     }
 
+    /// The same labels, and the same bits of centroids and inertia.
+    pub(crate) fn assert_same_bits(a: &KMeansResult, b: &KMeansResult) {
+        assert_eq!(a.labels, b.labels);
+        assert!(a
+            .centroids
+            .iter()
+            .zip(&b.centroids)
+            .all(|(p, q)| p.to_bits() == q.to_bits()));
+        assert_eq!(a.inertia.to_bits(), b.inertia.to_bits());
+    }
+
     #[test]
     fn feature_variance_is_blockwise_exact_and_thread_free() {
         let mut rng = Rng::new(31);
@@ -598,13 +609,7 @@ mod tests {
         };
         let (off, on) = (run(false), run(true));
         crate::set_amx(true);
-        assert_eq!(off.labels, on.labels);
-        assert!(off
-            .centroids
-            .iter()
-            .zip(&on.centroids)
-            .all(|(a, b)| a.to_bits() == b.to_bits()));
-        assert_eq!(off.inertia.to_bits(), on.inertia.to_bits());
+        assert_same_bits(&off, &on);
         // the run moved points: the steps compared were not trivial
         assert_eq!(off.n_iter, 4);
     }

@@ -48,7 +48,15 @@ impl<'a> PlainStep<'a> {
         work.m1.resize(m, 0.0);
         match &self.screen {
             Some(sc) => {
-                sc.argmin_rows(xb, m, &self.packed, &mut work.m1, lb, &mut work.screen);
+                sc.argmin_rows(
+                    xb,
+                    m,
+                    &self.packed,
+                    &mut work.m1,
+                    lb,
+                    &mut work.screen,
+                    None,
+                );
             }
             None => argmin_rows(xb, m, &self.packed, &mut work.m1, None, lb),
         }
@@ -78,14 +86,7 @@ pub(super) fn assign_plain(
     labels: &mut [u32],
     dists: &mut [f32],
 ) {
-    let step = PlainStep::new(x_norms, d, c, c_norms);
-    x.par_chunks(GROUP_BLOCK * d)
-        .zip(labels.par_chunks_mut(GROUP_BLOCK))
-        .zip(dists.par_chunks_mut(GROUP_BLOCK))
-        .enumerate()
-        .for_each_init(PlainWork::default, |work, (b, ((xb, lb), db))| {
-            step.block(work, b, xb, lb, db);
-        });
+    plain_blocks(x, x_norms, d, c, c_norms, labels, dists, |_, _| ());
 }
 
 /// [`assign_plain`], and the inertia of the labels it finds against the
@@ -101,18 +102,36 @@ pub(super) fn assign_plain_inertia(
     labels: &mut [u32],
     dists: &mut [f32],
 ) -> f64 {
+    let parts = plain_blocks(x, x_norms, d, c, c_norms, labels, dists, |xb, lb| {
+        block_inertia(xb, d, c, lb)
+    });
+    sum_parts(&parts)
+}
+
+/// The plain step over the blocks of [`GROUP_BLOCK`] rows, in parallel;
+/// `then(rows, labels)` of each block once its labels are found, while its
+/// rows are in cache, in block order.
+#[allow(clippy::too_many_arguments)]
+fn plain_blocks<R: Send>(
+    x: &[f32],
+    x_norms: &[f32],
+    d: usize,
+    c: &[f32],
+    c_norms: &[f32],
+    labels: &mut [u32],
+    dists: &mut [f32],
+    then: impl Fn(&[f32], &[u32]) -> R + Sync,
+) -> Vec<R> {
     let step = PlainStep::new(x_norms, d, c, c_norms);
-    let parts: Vec<f64> = x
-        .par_chunks(GROUP_BLOCK * d)
+    x.par_chunks(GROUP_BLOCK * d)
         .zip(labels.par_chunks_mut(GROUP_BLOCK))
         .zip(dists.par_chunks_mut(GROUP_BLOCK))
         .enumerate()
         .map_init(PlainWork::default, |work, (b, ((xb, lb), db))| {
             step.block(work, b, xb, lb, db);
-            block_inertia(xb, d, c, lb)
+            then(xb, lb)
         })
-        .collect();
-    sum_parts(&parts)
+        .collect()
 }
 
 #[cfg(test)]
