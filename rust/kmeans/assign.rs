@@ -5,7 +5,7 @@ use rayon::prelude::*;
 use crate::kernels::argmin::{argmin_rows, smallest_two, values_rows, Packed};
 use crate::kernels::screen::{Kept, Screen, ScreenWork};
 
-use super::bounds::{dist_rel_err, Bounds, Groups};
+use super::bounds::{lower_from, margin, max_norm, upper_from, Bounds, Groups};
 
 /// The centroids of one iteration in group order, with what the bounded
 /// assignment needs.
@@ -189,8 +189,7 @@ pub(super) fn assign_full_screened(
 ) {
     let t = groups.len();
     let kp = sc.padded();
-    let c_max = c_norms.iter().fold(0f32, |a, &b| a.max(b)) as f64;
-    let err = dist_rel_err(d);
+    let c_max = max_norm(c_norms);
     // where each centroid sits in the groups' order
     let mut at = vec![0usize; c_norms.len()];
     for (i, &j) in groups.order.iter().enumerate() {
@@ -217,11 +216,11 @@ pub(super) fn assign_full_screened(
                 let norms = &x_norms[b * GROUP_BLOCK..b * GROUP_BLOCK + m];
                 for r in 0..m {
                     let xn = norms[r];
-                    let e = err * (xn as f64 + c_max);
+                    let e = margin(d, xn as f64, c_max);
                     // as `Scratch::settle` sets them
                     let d1 = (xn + m1[r]).max(0.0);
                     db[r] = d1;
-                    ub[r] = ((d1 as f64 + e).sqrt() * (1.0 + 1e-6)) as f32;
+                    ub[r] = upper_from(d1 as f64, e);
                     let label = lb[r] as usize;
                     // the row's screened values in group order, its own
                     // centroid's left out
@@ -243,8 +242,7 @@ pub(super) fn assign_full_screened(
                         } else if row_err[r].is_finite() && least.is_finite() {
                             // every other centroid's computed value is at
                             // least `least − row_err`
-                            let v = xn as f64 + least as f64 - row_err[r] - e;
-                            (v.max(0.0).sqrt() * (1.0 - 1e-6)) as f32
+                            lower_from(xn as f64 + least as f64 - row_err[r], e)
                         } else {
                             0.0
                         };
@@ -305,10 +303,10 @@ impl Scratch {
             // Tighten the upper bound to the current distance (computed
             // in f32 like every other distance, within the margin `e`).
             let xn = b.norms[r] as f64;
-            let e = dist_rel_err(d) * (xn + gc.c_max);
+            let e = margin(d, xn, gc.c_max);
             let dot = crate::simd::dot(&b.x[r * d..(r + 1) * d], &gc.c[a * d..(a + 1) * d]);
             let computed = (xn + gc.c_norms[a] as f64 - 2.0 * dot as f64).max(0.0);
-            let u = ((computed + 2.0 * e).sqrt() * (1.0 + 1e-6)) as f32;
+            let u = upper_from(computed, 2.0 * e);
             b.upper[r] = u;
             if u <= bound {
                 continue;
@@ -420,11 +418,11 @@ impl Scratch {
             let r = r as usize;
             let (v, arg) = self.best[p];
             let xn = b.norms[r];
-            let e = dist_rel_err(d) * (xn as f64 + gc.c_max);
+            let e = margin(d, xn as f64, gc.c_max);
             let d1 = (xn + v).max(0.0);
             b.labels[r] = arg;
             b.dists[r] = d1;
-            b.upper[r] = ((d1 as f64 + e).sqrt() * (1.0 + 1e-6)) as f32;
+            b.upper[r] = upper_from(d1 as f64, e);
         }
         // Fresh lower bounds of the computed groups: the group's smallest
         // distance, or its second smallest when it holds the new label.
@@ -437,9 +435,9 @@ impl Scratch {
                 m1
             };
             let xn = b.norms[r];
-            let e = dist_rel_err(d) * (xn as f64 + gc.c_max);
+            let e = margin(d, xn as f64, gc.c_max);
             b.lower[r * t + g as usize] = if m.is_finite() {
-                (((xn + m) as f64 - e).max(0.0).sqrt() * (1.0 - 1e-6)) as f32
+                lower_from((xn + m) as f64, e)
             } else {
                 f32::INFINITY
             };

@@ -20,6 +20,30 @@ pub(super) fn dist_rel_err(d: usize) -> f64 {
     DIST_REL_ERR.max(4.0 * d as f64 * f64::powi(2.0, -24))
 }
 
+/// The rounding margin of a squared distance computed for a row of squared
+/// norm `xn` against centroids of squared norms at most `c_max` (see
+/// [`dist_rel_err`]).
+pub(super) fn margin(d: usize, xn: f64, c_max: f64) -> f64 {
+    dist_rel_err(d) * (xn + c_max)
+}
+
+/// An upper bound (f32) on a true distance whose square, as computed, is at
+/// most `sq`, with the margin `e` of that computation.
+pub(super) fn upper_from(sq: f64, e: f64) -> f32 {
+    ((sq + e).sqrt() * (1.0 + 1e-6)) as f32
+}
+
+/// A lower bound (f32) on a true distance whose square, as computed, is at
+/// least `sq`, with the margin `e` of that computation.
+pub(super) fn lower_from(sq: f64, e: f64) -> f32 {
+    ((sq - e).max(0.0).sqrt() * (1.0 - 1e-6)) as f32
+}
+
+/// The largest of the centroids' squared norms (0 for none), as f64.
+pub(super) fn max_norm(c_norms: &[f32]) -> f64 {
+    c_norms.iter().fold(0f32, |a, &b| a.max(b)) as f64
+}
+
 /// Whether no point of a block can get closer to any candidate than to its
 /// current centre, proved by the triangle inequality with a margin for the
 /// rounding error of the computed distances. When it holds, the unpruned

@@ -5,7 +5,7 @@ use crate::kernels::screen::{self, Screen};
 use crate::linalg::{row_sq_norms, sq_dist};
 
 use super::assign::{assign_full_screened, assign_grouped, AssignStats, GroupedCentroids};
-use super::bounds::{half_separation, Bounds, Groups};
+use super::bounds::{half_separation, max_norm, Bounds, Groups};
 use super::plain::{assign_plain, assign_plain_inertia};
 use super::sums::{exact_inertia, ClusterSums};
 use super::KMeansResult;
@@ -337,7 +337,7 @@ impl BoundedSteps {
             },
             drift: &self.drift,
             group_drift: &self.group_drift,
-            c_max: c_norms.iter().fold(0f32, |a, &b| a.max(b)) as f64,
+            c_max: max_norm(c_norms),
         };
         let mut stats = assign_grouped(x, x_norms, d, &gc, full, labels, dists, &mut self.bounds);
         if !full {
