@@ -244,12 +244,17 @@ def protofast_first_iteration(x: np.ndarray, c0: np.ndarray, repeats: int) -> tu
     return t1.median - t0.median, t0.median
 
 
-def numpy_one_product(x: np.ndarray, c0: np.ndarray, repeats: int) -> float:
-    """Median time of numpy's float32 ``x @ c0.T`` as one call (output buffer preallocated)."""
+def _one_product(x: np.ndarray, c0: np.ndarray) -> Callable[[], np.ndarray]:
+    """numpy's float32 ``x @ c0.T`` as one call, into a preallocated output."""
     ct = np.ascontiguousarray(c0.T)
     out = np.empty((x.shape[0], c0.shape[0]), dtype=np.float32)
+    return lambda: np.matmul(x, ct, out=out)
+
+
+def numpy_one_product(x: np.ndarray, c0: np.ndarray, repeats: int) -> float:
+    """Median time of numpy's float32 ``x @ c0.T`` as one call (output buffer preallocated)."""
     time.sleep(SETTLE_S)
-    t = common.time_call(lambda: np.matmul(x, ct, out=out), repeats=repeats, warmup=1)
+    t = common.time_call(_one_product(x, c0), repeats=repeats, warmup=1)
     return t.median
 
 
@@ -269,9 +274,7 @@ def short_section(ctx: SizeContext, iters_list: Sequence[int]) -> list[dict[str,
     first_runs = ctx.repeats if n * d * k >= 10**10 else max(ctx.repeats, 15)
     first = zero = None
     if ctx.interleave:
-        ct = np.ascontiguousarray(c0.T)
-        out = np.empty((n, k), dtype=np.float32)
-        calls: dict[str, Callable[[], Any]] = {"numpy": lambda: np.matmul(x, ct, out=out)}
+        calls: dict[str, Callable[[], Any]] = {"numpy": _one_product(x, c0)}
         if "protofast" in ctx.tools:
             calls["one"] = lambda: protofast_fixed(x, c0, 1)
             calls["zero"] = lambda: protofast_fixed(x, c0, 0)
