@@ -33,7 +33,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -322,6 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = dataclasses.replace(cfg, device=ddp.setup(cfg.device))
     try:
         summary = train(cfg)
+        ddp.finish()  # every rank done before any leaves
     finally:
         ddp.teardown()
     if "metrics" in summary:  # rank 0 (or the only process) reports
@@ -330,5 +331,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def run(argv: Sequence[str] | None = None) -> NoReturn:
+    """The ``protofast-train`` command (and ``python -m protofast.train``): :func:`main`, then the
+    process ends with its status; a rank of several processes ends without the interpreter's
+    shutdown (see :func:`protofast.train.ddp.leave`).
+
+    Args:
+        argv: Command-line arguments (default: ``sys.argv[1:]``).
+    """
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    ddp.leave(main(argv), several)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -10,18 +10,27 @@ default under a process group). So a step computes the loss of one process on th
 and the run follows a one-process run up to floating-point rounding and batch-norm statistics,
 which are per rank. Rank 0 logs, evaluates and writes the outputs; before a checkpoint every rank
 merges its prototype samples (``PrototypeManager.sync``), so the one file resumes every rank.
+
+The end of a run: every rank waits for the others (:func:`finish`, a barrier), destroys the group
+(:func:`teardown`) and, when started as a command, leaves without the interpreter's shutdown
+(:func:`leave`). ``DistributedDataParallel`` keeps the gloo group alive past
+``destroy_process_group``: its three threads (``gloo_tcp_loop`` and two ``pt_gloo_runloop``) run
+until the process ends (torch 2.15), and a rank that then went through the interpreter's shutdown
+once aborted (``terminate called without an active exception``) while its peer still evaluated.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import NamedTuple
+import sys
+from typing import NamedTuple, NoReturn
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["Ranks", "Pair", "current", "setup", "share", "teardown"]
+__all__ = ["Ranks", "Pair", "current", "finish", "leave", "setup", "share", "teardown"]
 
 
 class Ranks(NamedTuple):
@@ -95,7 +104,33 @@ class Pair(nn.Module):
         return self.model(x), self.head(text)
 
 
+def finish() -> None:
+    """Waits until every rank has finished its run (a barrier; nothing alone), so that no rank
+    destroys the group or exits while another still evaluates or writes. Call it after a run
+    that succeeded only: a rank that failed leaves at once, and ``torchrun`` stops the others."""
+    if current() is not None:
+        dist.barrier()
+
+
 def teardown() -> None:
     """Destroys the process group if :func:`setup` made one."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def leave(status: int, several: bool) -> NoReturn:
+    """Ends the process with ``status``.
+
+    Args:
+        status: The exit status.
+        several: Whether this process was one rank of several. It then flushes the logs and the
+            standard streams and ends at once (``os._exit``), without the interpreter's shutdown:
+            the gloo threads that ``DistributedDataParallel`` keeps alive (see the module's
+            docstring) never meet a half-finalised process. Alone it is ``sys.exit(status)``.
+    """
+    if not several:
+        sys.exit(status)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(status)
