@@ -47,7 +47,13 @@ def test_two_processes_follow_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("PROTOFAST_CACHE", str(cache))
     one, two = tmp_path / "one", tmp_path / "two"
     assert main([*ARGS, "--output-dir", str(one)]) == 0
-    env = {**os.environ, "PROTOFAST_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    # faulthandler: a rank that dies of a signal prints every thread's Python stack
+    env = {
+        **os.environ,
+        "PROTOFAST_CACHE": str(cache),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONFAULTHANDLER": "1",
+    }
     command = [
         sys.executable,
         "-m",
@@ -64,6 +70,7 @@ def test_two_processes_follow_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
+    assert "terminate called" not in done.stderr
     assert done.stdout.count("=== protofast-train summary ===") == 1  # rank 0 reports
     a = json.loads((one / "summary.json").read_text())
     b = json.loads((two / "summary.json").read_text())
@@ -80,3 +87,22 @@ def test_two_processes_follow_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     counts_b = dict(zip(sb["labels"], sb["counts"].tolist(), strict=True))
     assert counts_a == counts_b
     assert kb["manager"]["counters"]["num_updates"] == ka["manager"]["counters"]["num_updates"]
+
+
+@pytest.mark.parametrize("several", [False, True])
+def test_leave_ends_with_the_status_and_flushes(several: bool) -> None:
+    # a rank of several ends by os._exit: what it printed and logged must still come out
+    code = (
+        "import logging, sys\n"
+        "from protofast.train import ddp\n"
+        "logging.basicConfig(stream=sys.stderr)\n"
+        "print('printed', end='')\n"
+        "logging.getLogger('x').warning('logged')\n"
+        f"ddp.leave(3, {several})\n"
+        "print('never')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3
+    assert done.stdout == "printed"
+    assert "logged" in done.stderr
+
