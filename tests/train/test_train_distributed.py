@@ -105,4 +105,3 @@ def test_leave_ends_with_the_status_and_flushes(several: bool) -> None:
     assert done.returncode == 3
     assert done.stdout == "printed"
     assert "logged" in done.stderr
-
