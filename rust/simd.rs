@@ -69,17 +69,27 @@ multiversion! {
     /// (non-finite when `a` holds a NaN or an infinity).
     pub fn sq_norm(a: &[f32]) -> f64 {
         let full = a.len() / LANES * LANES;
-        let mut acc = [0f64; LANES];
+        // two halves of the lanes, as in `sq_dist`
+        let (mut lo, mut hi) = ([0f64; HALF], [0f64; HALF]);
         for ca in a[..full].chunks_exact(LANES) {
-            for l in 0..LANES {
+            for l in 0..HALF {
                 let t = ca[l] as f64;
-                acc[l] += t * t;
+                lo[l] += t * t;
+            }
+            for l in 0..HALF {
+                let t = ca[HALF + l] as f64;
+                hi[l] += t * t;
             }
         }
         for (j, &v) in a[full..].iter().enumerate() {
-            acc[j] += v as f64 * v as f64;
+            let t = v as f64;
+            if j < HALF {
+                lo[j] += t * t;
+            } else {
+                hi[j - HALF] += t * t;
+            }
         }
-        acc.iter().sum()
+        lo.iter().chain(&hi).sum()
     }
 }
 
@@ -374,6 +384,24 @@ mod tests {
             let want: f64 = lanes.iter().sum();
             assert_eq!(got.to_bits(), want.to_bits(), "n={n}");
         }
+    }
+
+    #[test]
+    fn sq_norm_follows_the_documented_lane_order() {
+        let mut rng = Rng::new(11);
+        for n in [0, 1, 7, 8, 9, 15, 16, 17, 24, 384, 1000] {
+            let a: Vec<f32> = (0..n).map(|_| rng.next_f64() as f32 - 0.5).collect();
+            // lane l sums the squares of the indices congruent to l, in
+            // order; the lanes are added in order
+            let mut lanes = [0f64; LANES];
+            for (t, &x) in a.iter().enumerate() {
+                lanes[t % LANES] += x as f64 * x as f64;
+            }
+            let want: f64 = lanes.iter().sum();
+            assert_eq!(sq_norm(&a).to_bits(), want.to_bits(), "n={n}");
+        }
+        assert!(!sq_norm(&[1.0, f32::NAN]).is_finite());
+        assert!(!sq_norm(&[f32::INFINITY]).is_finite());
     }
 
     #[test]
