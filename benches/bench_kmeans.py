@@ -715,10 +715,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "threads still spin on the cores (OpenBLAS's spin about 0.1 s after each call)."
     )
     if any(s[0] >= BIG_N for s in args.sizes):
-        notes.append(
-            f"N ≥ 1M: {min(args.repeats, args.big_repeats)} timed runs (not {args.repeats}), "
-            "warm-up on a 20k-row slice."
-        )
+        big = min(args.repeats, args.big_repeats)
+        fewer = f" (not {args.repeats})" if big < args.repeats else ""
+        notes.append(f"N ≥ 1M: {big} timed runs{fewer}, warm-up on a 20k-row slice.")
 
     tables = render(fixed_rows, e2e_rows, init_rows, args=args, gemm=gemm, notes=notes)
     if short_rows:
