@@ -272,6 +272,10 @@ def short_section(ctx: SizeContext, iters_list: Sequence[int]) -> list[dict[str,
     k = c0.shape[0]
     # a difference of two medians: small sizes get more runs (their noise is a larger part)
     first_runs = ctx.repeats if n * d * k >= 10**10 else max(ctx.repeats, 15)
+    # calls of a few milliseconds swing by a third from one to the next (the same code run as
+    # two tools read 0.77-1.30 at 10k×384×100 with 5 rounds): below 10⁹ multiply-adds per pass,
+    # at least 15 rounds
+    rounds = ctx.repeats if n * d * k >= 10**9 else max(ctx.repeats, 15)
     first = zero = None
     if ctx.interleave:
         calls: dict[str, Callable[[], Any]] = {"numpy": _one_product(x, c0)}
@@ -317,7 +321,7 @@ def short_section(ctx: SizeContext, iters_list: Sequence[int]) -> list[dict[str,
         if ctx.interleave:
             timed = _interleaved(
                 {tool: functools.partial(runners[tool], x, it) for tool in tools},
-                rounds=ctx.repeats,
+                rounds=rounds,
                 warmups=(
                     {tool: functools.partial(runners[tool], xw, it) for tool in tools}
                     if xw is not None
