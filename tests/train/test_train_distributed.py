@@ -101,7 +101,11 @@ def test_leave_ends_with_the_status_and_flushes(several: bool) -> None:
         f"ddp.leave(3, {several})\n"
         "print('never')\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    # block-buffered stdout (a pipe, PYTHONUNBUFFERED unset): lost at os._exit unless flushed
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
     assert done.returncode == 3
     assert done.stdout == "printed"
     assert "logged" in done.stderr
