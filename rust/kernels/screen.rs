@@ -171,6 +171,17 @@ struct Maxima {
 }
 
 impl Screen {
+    /// The screen of an assignment step against the `k` rows of `c` where
+    /// it runs on the tile unit: the CPU and settings allow it
+    /// ([`amx_enabled`]) and it pays at this size ([`worth_it`]). `None`
+    /// otherwise, or where [`Screen::new`] gives none: the step runs the
+    /// full pass.
+    pub(crate) fn for_step(c: &[f32], c_norms: &[f32], d: usize) -> Option<Screen> {
+        (worth_it(c_norms.len(), d) && amx_enabled())
+            .then(|| Screen::new(c, c_norms, d, true))
+            .flatten()
+    }
+
     /// Quantizes and packs the `k` rows of `c` (k×d) with their squared
     /// norms `c_norms` (those the fused kernel uses); the products run on
     /// the tile unit when `amx` (the caller checked [`amx_enabled`]), else

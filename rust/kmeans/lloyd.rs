@@ -1,7 +1,7 @@
 //! Lloyd's iterations, with or without the grouped bounds.
 
 use crate::kernels::argmin::Packed;
-use crate::kernels::screen::{self, Screen};
+use crate::kernels::screen::Screen;
 use crate::linalg::{row_sq_norms, sq_dist};
 
 use super::assign::{assign_full_screened, assign_grouped, AssignStats, GroupedCentroids};
@@ -276,8 +276,8 @@ impl BoundedSteps {
     ) -> AssignStats {
         let (n, k) = (labels.len(), c_norms.len());
         let full = self.full;
-        if full && screen::worth_it(k, d) && screen::amx_enabled() {
-            if let Some(sc) = Screen::new(centroids, c_norms, d, true) {
+        if full {
+            if let Some(sc) = Screen::for_step(centroids, c_norms, d) {
                 // the bounds set up from the screen: measured 1.4× a plain
                 // step's time, where a full grouped step (every distance by
                 // groups) took 2–2.5×
@@ -516,7 +516,7 @@ mod tests {
         // start within the run; with AMX (where the CPU has it) their full
         // step runs through the screen, and the run is the same bits
         let (d, k) = (256, 256);
-        assert!(screen::worth_it(k, d));
+        assert!(crate::kernels::screen::worth_it(k, d));
         let x = hd_blobs(12, k, d, 2.0, false);
         let n = x.len() / d;
         let norms = row_sq_norms(&x, d);

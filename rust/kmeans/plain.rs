@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 
 use crate::kernels::argmin::{argmin_rows, Packed};
-use crate::kernels::screen::{self, Screen, ScreenWork};
+use crate::kernels::screen::{Screen, ScreenWork};
 
 use super::assign::GROUP_BLOCK;
 use super::sums::{block_inertia, sum_parts, INERTIA_BLOCK};
@@ -30,14 +30,10 @@ struct PlainWork {
 
 impl<'a> PlainStep<'a> {
     fn new(x_norms: &'a [f32], d: usize, c: &[f32], c_norms: &[f32]) -> Self {
-        let k = c_norms.len();
-        let screen = (screen::worth_it(k, d) && screen::amx_enabled())
-            .then(|| Screen::new(c, c_norms, d, true))
-            .flatten();
         PlainStep {
             x_norms,
             packed: Packed::new(c, c_norms, d),
-            screen,
+            screen: Screen::for_step(c, c_norms, d),
         }
     }
 
@@ -73,10 +69,9 @@ impl<'a> PlainStep<'a> {
 /// so the labels and distances are those of a full grouped step bit for
 /// bit. Ties go to the lowest index.
 ///
-/// Where the CPU has AMX ([`screen::amx_enabled`]) and `k` is large enough
-/// ([`screen::worth_it`]), an exact integer screen picks the panels of
-/// centroids that can be nearest and only those are computed, with the
-/// same bits.
+/// Where the CPU has AMX and `k` is large enough ([`Screen::for_step`]), an
+/// exact integer screen picks the panels of centroids that can be nearest
+/// and only those are computed, with the same bits.
 pub(super) fn assign_plain(
     x: &[f32],
     x_norms: &[f32],
