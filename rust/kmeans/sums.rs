@@ -5,8 +5,8 @@ use rayon::prelude::*;
 use crate::linalg::{sq_dist, ROW_BLOCK};
 use crate::simd::{add_row, sub_row};
 
-/// Σ‖x_i − c_{label_i}‖², in f64, per block of [`INERTIA_BLOCK`] rows
-/// ([`block_inertia`]) then over blocks in order ([`sum_parts`]).
+/// Σ‖x_i − c_{label_i}‖², in f64, per block of `INERTIA_BLOCK` rows
+/// (`block_inertia`) then over blocks in order (`sum_parts`).
 pub fn exact_inertia(x: &[f32], d: usize, centroids: &[f32], labels: &[u32]) -> f64 {
     let parts: Vec<f64> = x
         .par_chunks(INERTIA_BLOCK * d)
