@@ -25,6 +25,7 @@
 //! the tile unit's.
 
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
 
 use crate::cpu::{self, CpuLevel};
 
@@ -173,11 +174,12 @@ struct Maxima {
 impl Screen {
     /// The screen of an assignment step against the `k` rows of `c` where
     /// it runs on the tile unit: the CPU and settings allow it
-    /// ([`amx_enabled`]) and it pays at this size ([`worth_it`]). `None`
+    /// ([`amx_enabled`]) and it pays at this size, the rows quantized once
+    /// per run (`kept`) or once per step ([`worth_it`]). `None`
     /// otherwise, or where [`Screen::new`] gives none: the step runs the
     /// full pass.
-    pub(crate) fn for_step(c: &[f32], c_norms: &[f32], d: usize) -> Option<Screen> {
-        (worth_it(c_norms.len(), d) && amx_enabled())
+    pub(crate) fn for_step(c: &[f32], c_norms: &[f32], d: usize, kept: bool) -> Option<Screen> {
+        (worth_it(c_norms.len(), d, kept) && amx_enabled())
             .then(|| Screen::new(c, c_norms, d, true))
             .flatten()
     }
@@ -275,7 +277,8 @@ impl Screen {
     /// [`argmin_rows`](super::argmin::argmin_rows) gives. Returns how many
     /// panels of 16 centroids were recomputed. Single-threaded. With
     /// `kept`, each row's screened values and the bound on their error are
-    /// kept there too.
+    /// kept there too. With `quant`, the rows already quantized (from
+    /// [`QuantRows::new`] on the same `x`); else they are quantized here.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn argmin_rows(
         &self,
@@ -286,17 +289,19 @@ impl Screen {
         arg: &mut [u32],
         work: &mut ScreenWork,
         kept: Option<Kept>,
+        quant: Option<&QuantRows>,
     ) -> usize {
         assert!(x.len() == m * self.d && m1.len() >= m && arg.len() >= m);
+        assert!(quant.is_none_or(|q| q.rows.len() == m && q.dp == self.dp));
         assert!(kept
             .as_ref()
             .is_none_or(|k| k.values.len() >= m * self.kp && k.bounds.len() >= m));
         #[cfg(target_arch = "x86_64")]
         if cpu::level() == CpuLevel::Avx512 {
             // SAFETY: the CPU has AVX-512 F, BW, DQ and VL.
-            return unsafe { self.rows_avx512(x, m, pc, m1, arg, work, kept) };
+            return unsafe { self.rows_avx512(x, m, pc, m1, arg, work, kept, quant) };
         }
-        self.rows::<false>(x, m, pc, m1, arg, work, kept)
+        self.rows::<false>(x, m, pc, m1, arg, work, kept, quant)
     }
 
     /// Centroids per row of [`Kept::values`]: `k` padded to whole panels.
@@ -318,8 +323,9 @@ impl Screen {
         arg: &mut [u32],
         work: &mut ScreenWork,
         kept: Option<Kept>,
+        quant: Option<&QuantRows>,
     ) -> usize {
-        self.rows::<true>(x, m, pc, m1, arg, work, kept)
+        self.rows::<true>(x, m, pc, m1, arg, work, kept, quant)
     }
 
     /// [`Screen::argmin_rows`], inlined into each instruction set's version
@@ -336,10 +342,17 @@ impl Screen {
         arg: &mut [u32],
         work: &mut ScreenWork,
         mut kept: Option<Kept>,
+        quant: Option<&QuantRows>,
     ) -> usize {
         assert_eq!(pc.padded(), self.kp);
         let (d, dp, kp) = (self.d, self.dp, self.kp);
-        quantize_rows(x, m, d, dp, &mut work.a1, &mut work.a2, &mut work.rows);
+        let quant = match quant {
+            Some(q) => q,
+            None => {
+                work.quant.fill(x, m, d);
+                &work.quant
+            }
+        };
         let pair = 2 * TILE_ROWS;
         work.p.resize(pair * kp, 0);
         work.r.resize(pair * kp, 0);
@@ -348,14 +361,11 @@ impl Screen {
         // 32 rows at a time: their products (32×kp int32, twice) stay in
         // the L2 cache until scanned
         for r0 in (0..m).step_by(pair) {
-            let (a1, a2) = (
-                &work.a1[r0 * dp..(r0 + pair) * dp],
-                &work.a2[r0 * 2 * dp..(r0 + pair) * 2 * dp],
-            );
-            products(self, a1, a2, pair, &mut work.p, &mut work.r);
+            let a = &quant.a[r0 * 2 * dp..(r0 + pair) * 2 * dp];
+            products(self, a, pair, &mut work.p, &mut work.r);
             for i in 0..pair.min(m - r0) {
                 let r = r0 + i;
-                let q = work.rows[r];
+                let q = quant.rows[r];
                 let (p, rr) = (&work.p[i * kp..(i + 1) * kp], &work.r[i * kp..(i + 1) * kp]);
                 let thr = match row_bound(&q, &self.maxima, d) {
                     Some(b) if q.usable() => {
@@ -405,39 +415,113 @@ impl Screen {
     }
 }
 
-/// Quantizes the `m` rows of `x` (m×d) into `a1` (rows of `dp`: `q₁`),
-/// `a2` (rows of `2·dp`: `[q₂ | q₁]`, against `[Q₁; Q₂]`) and `rows`; the
-/// depths past `d` and the rows past `m` (to whole pairs of tiles) are
-/// zero.
-fn quantize_rows(
-    x: &[f32],
-    m: usize,
-    d: usize,
+/// Rows quantized for the screen's products: row `r` as `[q₂ | q₁]`
+/// (`2·dp` int8 at `r·2·dp`, the depths past `d` zero; `q₁` against `Q₁`
+/// gives `P`, the whole row against `[Q₁; Q₂]` gives `R`), with its scale
+/// and norms; the rows past `m`, to a whole pair of tiles, zero. They
+/// depend only on the rows, so a k-means run keeps them from one step to
+/// the next ([`QuantCache`]).
+#[derive(Default)]
+pub(crate) struct QuantRows {
+    a: Vec<i8>,
+    rows: Vec<Quant>,
     dp: usize,
-    a1: &mut Vec<i8>,
-    a2: &mut Vec<i8>,
-    rows: &mut Vec<Quant>,
-) {
-    let mp = m.div_ceil(2 * TILE_ROWS) * 2 * TILE_ROWS;
-    // every value below is written: no need to clear first
-    a1.resize(mp * dp, 0);
-    a2.resize(mp * 2 * dp, 0);
-    rows.clear();
-    for r in 0..m {
-        let (one, two) = (
-            &mut a1[r * dp..(r + 1) * dp],
-            &mut a2[r * 2 * dp..(r + 1) * 2 * dp],
-        );
-        let (lo, hi) = two.split_at_mut(dp);
-        let q = quantize_widest(&x[r * d..(r + 1) * d], &mut hi[..d], &mut lo[..d]);
-        one[..d].copy_from_slice(&hi[..d]);
-        one[d..].fill(0);
-        lo[d..].fill(0);
-        hi[d..].fill(0);
-        rows.push(q);
+}
+
+impl QuantRows {
+    /// The `m` rows of `x` (m×d, d ≥ 1) quantized.
+    pub(crate) fn new(x: &[f32], m: usize, d: usize) -> QuantRows {
+        let mut q = QuantRows::default();
+        q.fill(x, m, d);
+        q
     }
-    a1[m * dp..].fill(0);
-    a2[m * 2 * dp..].fill(0);
+
+    /// Quantizes the `m` rows of `x` (m×d) in place of what `self` held,
+    /// reusing its room.
+    fn fill(&mut self, x: &[f32], m: usize, d: usize) {
+        assert!(x.len() == m * d && d > 0);
+        let dp = d.div_ceil(STEP) * STEP;
+        let mp = m.div_ceil(2 * TILE_ROWS) * 2 * TILE_ROWS;
+        self.dp = dp;
+        // every value below is written: no need to clear first
+        self.a.resize(mp * 2 * dp, 0);
+        self.rows.clear();
+        for (r, row) in x.chunks_exact(d).enumerate() {
+            let (lo, hi) = self.a[r * 2 * dp..(r + 1) * 2 * dp].split_at_mut(dp);
+            self.rows
+                .push(quantize_widest(row, &mut hi[..d], &mut lo[..d]));
+            lo[d..].fill(0);
+            hi[d..].fill(0);
+        }
+        self.a[m * 2 * dp..].fill(0);
+    }
+
+    /// Bytes held per row of `d` values.
+    fn bytes(d: usize) -> usize {
+        2 * d.div_ceil(STEP) * STEP + std::mem::size_of::<Quant>()
+    }
+}
+
+/// The quantized rows of one k-means run, one [`QuantRows`] per block of
+/// `block` rows, each made by the first step that screens that block and
+/// kept for the steps after it (the rows do not change during a run; the
+/// quantization of a row is the same whichever step or thread makes it).
+/// Measured at 10 000×384, k = 100 (a 3-iteration run, two threads): the
+/// quantization was 20 % of the run's time when every step quantized its
+/// rows again. Runs whose quantized rows would pass [`CACHE_BYTES`] keep
+/// none (each step quantizes its own).
+pub(crate) struct QuantCache {
+    blocks: Vec<OnceLock<QuantRows>>,
+    block: usize,
+    d: usize,
+}
+
+/// The most memory a [`QuantCache`] takes: 256 MiB, about 2 bytes per
+/// value of the rows (330 000 rows of 384).
+pub(crate) const CACHE_BYTES: usize = 256 << 20;
+
+impl QuantCache {
+    /// Room for the `n` rows of `d` values of a run, in blocks of `block`
+    /// rows (none kept when they would pass [`CACHE_BYTES`]).
+    pub(crate) fn new(n: usize, d: usize, block: usize) -> QuantCache {
+        let keep = d > 0 && n.saturating_mul(QuantRows::bytes(d)) <= CACHE_BYTES;
+        QuantCache {
+            blocks: if keep {
+                (0..n.div_ceil(block.max(1)))
+                    .map(|_| OnceLock::new())
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            block,
+            d,
+        }
+    }
+
+    /// Whether the cache keeps the rows (else each step quantizes its own).
+    pub(crate) fn keeps(&self) -> bool {
+        !self.blocks.is_empty()
+    }
+
+    /// A cache that keeps nothing.
+    #[cfg(test)]
+    pub(crate) fn none() -> QuantCache {
+        QuantCache {
+            blocks: Vec::new(),
+            block: 1,
+            d: 0,
+        }
+    }
+
+    /// Block `b`'s quantized rows (`xb`, its rows), made on first use;
+    /// `None` when the cache keeps none.
+    pub(crate) fn get(&self, b: usize, xb: &[f32]) -> Option<&QuantRows> {
+        let cell = self.blocks.get(b)?;
+        let q = cell.get_or_init(|| QuantRows::new(xb, xb.len() / self.d, self.d));
+        debug_assert_eq!(q.rows.len() * self.d, xb.len());
+        debug_assert!(q.rows.len() <= self.block);
+        Some(q)
+    }
 }
 
 /// Where [`Screen::argmin_rows`] keeps what it screened, for the
@@ -456,11 +540,9 @@ pub(crate) struct Kept<'a> {
 /// Work buffers of one thread of the screened assignment.
 #[derive(Default)]
 pub(crate) struct ScreenWork {
-    a1: Vec<i8>,
-    a2: Vec<i8>,
+    quant: QuantRows,
     p: Vec<i32>,
     r: Vec<i32>,
-    rows: Vec<Quant>,
     sv: Vec<f32>,
     pairs: Vec<(u32, u32)>,
 }
@@ -578,14 +660,16 @@ fn row_bound(q: &Quant, c: &Maxima, d: usize) -> Option<f64> {
     b.is_finite().then_some(b)
 }
 
-/// `P = A₁·B₁` and `R = A₂·B₂` (int32, `mp` rows × `kp` columns, row-major),
-/// on the tile unit or in portable code: the same integers.
-fn products(sc: &Screen, a1: &[i8], a2: &[i8], mp: usize, p: &mut [i32], r: &mut [i32]) {
+/// For the `mp` rows of `a` (rows of `2·dp`, `[q₂ | q₁]`: see
+/// [`QuantRows`]), `P = q₁·Q₁` and `R = [q₂ | q₁]·[Q₁; Q₂]` (int32, `mp`
+/// rows × `kp` columns, row-major), on the tile unit or in portable code:
+/// the same integers.
+fn products(sc: &Screen, a: &[i8], mp: usize, p: &mut [i32], r: &mut [i32]) {
     #[cfg(target_arch = "x86_64")]
     if sc.amx {
         // SAFETY: `amx` is only set when the tile unit is ready
         // ([`amx_enabled`]); the buffers have the sizes the loops read.
-        unsafe { amx::products(sc, a1, a2, mp, p, r) };
+        unsafe { amx::products(sc, a, mp, p, r) };
         return;
     }
     let (dp, kp) = (sc.dp, sc.kp);
@@ -598,12 +682,12 @@ fn products(sc: &Screen, a1: &[i8], a2: &[i8], mp: usize, p: &mut [i32], r: &mut
         for j in 0..kp {
             let mut acc = 0i32;
             for t in 0..dp {
-                acc += a1[i * dp + t] as i32 * get(&sc.b1, dp / STEP, t, j);
+                acc += a[i * 2 * dp + dp + t] as i32 * get(&sc.b1, dp / STEP, t, j);
             }
             p[i * kp + j] = acc;
             let mut acc = 0i32;
             for t in 0..2 * dp {
-                acc += a2[i * 2 * dp + t] as i32 * get(&sc.b2, 2 * dp / STEP, t, j);
+                acc += a[i * 2 * dp + t] as i32 * get(&sc.b2, 2 * dp / STEP, t, j);
             }
             r[i * kp + j] = acc;
         }
@@ -772,18 +856,28 @@ fn amx_supported() -> bool {
     }
 }
 
-/// Whether the screen is worth running for `k` centroids of `d` values.
-/// Its fixed costs per row (quantizing the row, scanning `k` screened
-/// values, re-checking about one panel) weigh against the `k·d` products
-/// it saves. Measured one Lloyd iteration, the screen over the full pass
-/// (10 000 or 20 000 rows, interleaved calls): at d = 384, 1.06 at k = 128,
-/// 0.96 at 192, 0.85 at 256, 0.70 at 1000; at k = 256, 2.01 at d = 32,
-/// 1.26 at 64, 1.04 at 128 and 192, 0.90 at 256; 1.04 at 256×192, 1.01
-/// at 128×512, 0.87 at 128×1000, 1.34 at 64×1000. Hence at least 192
-/// centroids, 128 values and 65 536 products a row. Above 32 768 values the
-/// int32 products could overflow.
-pub(crate) fn worth_it(k: usize, d: usize) -> bool {
-    k >= 192 && (128..=32_768).contains(&d) && k * d >= 65_536
+/// Whether the screen is worth running for `k` centroids of `d` values,
+/// with the rows quantized once per run (`kept`: the run's [`QuantCache`]
+/// keeps them) or once per step. Its fixed costs per row (quantizing the
+/// row unless kept, scanning `k` screened values, re-checking about one
+/// panel) weigh against the `k·d` products it saves.
+///
+/// Measured, the screen's time over the full pass's (interleaved calls,
+/// two threads). Rows quantized every step, one Lloyd iteration of 10 000
+/// or 20 000 rows: at d = 384, 1.06 at k = 128, 0.96 at 192, 0.85 at 256,
+/// 0.70 at 1000; at k = 256, 2.01 at d = 32, 1.26 at 64, 1.04 at 128 and
+/// 192, 0.90 at 256; 1.04 at 256×192, 1.01 at 128×512, 0.87 at 128×1000,
+/// 1.34 at 64×1000; hence at least 192 centroids and 65 536 products a row.
+/// Rows kept, runs of 1 and 3 iterations of 10 000 rows: at d = 384,
+/// 1.10 and 1.09 at k = 80, 0.98 and 0.90 at 96, 0.94 and 0.91 at 100
+/// (0.87 at 5 iterations), 0.94 and 0.96 at 128; at d = 256, 1.01 and 1.12
+/// at k = 100, 0.93 and 0.86 at 160; at d = 128, 1.16 and 1.12 at k = 128,
+/// 0.89 and 0.94 at 256; hence at least 96 centroids and 32 768 products a
+/// row. Either way at least 128 values; above 32 768 the int32 products
+/// could overflow.
+pub(crate) fn worth_it(k: usize, d: usize, kept: bool) -> bool {
+    let (least_k, least_kd) = if kept { (96, 32_768) } else { (192, 65_536) };
+    k >= least_k && (128..=32_768).contains(&d) && k * d >= least_kd
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -839,19 +933,12 @@ mod amx {
     /// See [`super::products`].
     ///
     /// # Safety
-    /// The tile unit is ready ([`super::amx_enabled`]); `a1` holds `mp`
-    /// rows of `dp`, `a2` `mp` rows of `2·dp`, `p` and `r` `mp` rows of
-    /// `kp`; `mp` is a multiple of 32.
-    pub(super) unsafe fn products(
-        sc: &Screen,
-        a1: &[i8],
-        a2: &[i8],
-        mp: usize,
-        p: &mut [i32],
-        r: &mut [i32],
-    ) {
+    /// The tile unit is ready ([`super::amx_enabled`]); `a` holds `mp`
+    /// rows of `2·dp`, `p` and `r` `mp` rows of `kp`; `mp` is a multiple
+    /// of 32.
+    pub(super) unsafe fn products(sc: &Screen, a: &[i8], mp: usize, p: &mut [i32], r: &mut [i32]) {
         let (dp, kp) = (sc.dp, sc.kp);
-        assert!(a1.len() >= mp * dp && a2.len() >= mp * 2 * dp);
+        assert!(a.len() >= mp * 2 * dp);
         assert!(p.len() >= mp * kp && r.len() >= mp * kp && mp.is_multiple_of(2 * TILE_ROWS));
         let cfg = config();
         let (s1, s2) = (dp / STEP, 2 * dp / STEP);
@@ -865,9 +952,10 @@ mod amx {
                 let pair = ct + 1 < tiles;
                 for rp in (0..mp).step_by(2 * TILE_ROWS) {
                     let out = rp * kp + ct * PANEL;
+                    // q₁: the second half of each row
                     block(
-                        a1.as_ptr().add(rp * dp),
-                        dp,
+                        a.as_ptr().add(rp * 2 * dp + dp),
+                        2 * dp,
                         sc.b1.as_ptr().add(ct * s1),
                         s1,
                         pair,
@@ -875,7 +963,7 @@ mod amx {
                         kp,
                     );
                     block(
-                        a2.as_ptr().add(rp * 2 * dp),
+                        a.as_ptr().add(rp * 2 * dp),
                         2 * dp,
                         sc.b2.as_ptr().add(ct * s2),
                         s2,
@@ -1043,7 +1131,8 @@ mod tests {
         let (mut want1, mut want) = (vec![0f32; m], vec![0u32; m]);
         argmin_rows(x, m, &pc, &mut want1, None, &mut want);
         let mut per_row = 0.0;
-        for amx in [false, amx_supported()] {
+        // the rows quantized by the call, or beforehand (as a run keeps them)
+        for (amx, pre) in [(false, false), (false, true), (amx_supported(), false)] {
             let sc = Screen::new(c, &cn, d, amx).expect("quantizable");
             let (mut m1, mut arg) = (vec![0f32; m], vec![0u32; m]);
             let mut work = ScreenWork::default();
@@ -1051,6 +1140,7 @@ mod tests {
             for (b, rows) in x.chunks(256 * d).enumerate() {
                 let mb = rows.len() / d;
                 let r = b * 256..b * 256 + mb;
+                let quant = pre.then(|| QuantRows::new(rows, mb, d));
                 pairs += sc.argmin_rows(
                     rows,
                     mb,
@@ -1059,9 +1149,15 @@ mod tests {
                     &mut arg[r],
                     &mut work,
                     None,
+                    quant.as_ref(),
                 );
             }
-            assert_eq!(arg, want, "amx {amx}, m {m}, k {}, d {d}", cn.len());
+            assert_eq!(
+                arg,
+                want,
+                "amx {amx}, pre {pre}, m {m}, k {}, d {d}",
+                cn.len()
+            );
             for (a, b) in m1.iter().zip(&want1) {
                 assert_eq!(a.to_bits(), b.to_bits(), "amx {amx}");
             }
@@ -1164,6 +1260,7 @@ mod tests {
             &mut arg,
             &mut ScreenWork::default(),
             None,
+            None,
         );
         assert_eq!(arg[0], 3);
     }
@@ -1211,6 +1308,7 @@ mod tests {
             &mut arg,
             &mut ScreenWork::default(),
             None,
+            None,
         );
         assert!(pairs >= k.div_ceil(PANEL) + 2);
         let (mut w1, mut w) = ([0f32; 3], [0u32; 3]);
@@ -1253,6 +1351,29 @@ mod tests {
     }
 
     #[test]
+    fn a_run_keeps_each_block_quantized_once_within_its_budget() {
+        let mut rng = Rng::new(8);
+        let (n, d) = (300, 130);
+        let x = blobs(n, 5, d, 0.3, false, &mut rng);
+        let cache = QuantCache::new(n, d, 256);
+        assert!(cache.keeps());
+        let (b0, b1) = (&x[..256 * d], &x[256 * d..]);
+        let first = cache.get(0, b0).expect("kept") as *const QuantRows;
+        assert!(std::ptr::eq(first, cache.get(0, b0).unwrap()));
+        let last = cache.get(1, b1).unwrap();
+        let fresh = QuantRows::new(b1, n - 256, d);
+        assert_eq!((last.rows.len(), last.dp), (44, 192));
+        assert_eq!(last.a, fresh.a);
+        assert!(last.a.iter().any(|&v| v != 0));
+        // past the budget, or with no values: nothing kept
+        let rows = CACHE_BYTES / QuantRows::bytes(d);
+        assert!(QuantCache::new(rows, d, 256).keeps());
+        assert!(!QuantCache::new(rows + 1, d, 256).keeps());
+        assert!(QuantCache::new(rows + 1, d, 256).get(0, b0).is_none());
+        assert!(!QuantCache::new(10, 0, 256).keeps());
+    }
+
+    #[test]
     fn the_tile_unit_gives_the_portable_integers() {
         if !amx_supported() {
             // the portable products are what every other test checks; the
@@ -1269,10 +1390,7 @@ mod tests {
             Screen::new(&c, &cn, d, true).unwrap(),
         );
         let dp = port.dp;
-        let a1: Vec<i8> = (0..mp * dp)
-            .map(|_| (rng.next_f64() * 255.0 - 127.0) as i8)
-            .collect();
-        let a2: Vec<i8> = (0..mp * 2 * dp)
+        let a: Vec<i8> = (0..mp * 2 * dp)
             .map(|_| (rng.next_f64() * 255.0 - 127.0) as i8)
             .collect();
         let mut out = [
@@ -1282,8 +1400,8 @@ mod tests {
             vec![0i32; mp * port.kp],
         ];
         let [p0, r0, p1, r1] = &mut out;
-        products(&port, &a1, &a2, mp, p0, r0);
-        products(&tile, &a1, &a2, mp, p1, r1);
+        products(&port, &a, mp, p0, r0);
+        products(&tile, &a, mp, p1, r1);
         assert_eq!(p0, p1);
         assert_eq!(r0, r1);
         assert!(p0.iter().any(|&v| v.abs() > 100_000));

@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 use crate::kernels::argmin::{argmin_rows, smallest_two, values_rows, Packed};
-use crate::kernels::screen::{Kept, Screen, ScreenWork};
+use crate::kernels::screen::{Kept, QuantCache, Screen, ScreenWork};
 
 use super::bounds::{lower_from, margin, max_norm, upper_from, Bounds, Groups};
 
@@ -178,6 +178,7 @@ pub(super) fn assign_grouped(
 pub(super) fn assign_full_screened(
     x: &[f32],
     x_norms: &[f32],
+    quant: &QuantCache,
     d: usize,
     c_norms: &[f32],
     packed: &Packed,
@@ -212,7 +213,7 @@ pub(super) fn assign_full_screened(
                     values,
                     bounds: row_err,
                 };
-                sc.argmin_rows(xb, m, packed, m1, lb, work, Some(kept));
+                sc.argmin_rows(xb, m, packed, m1, lb, work, Some(kept), quant.get(b, xb));
                 let norms = &x_norms[b * GROUP_BLOCK..b * GROUP_BLOCK + m];
                 for r in 0..m {
                     let xn = norms[r];
@@ -477,26 +478,46 @@ mod tests {
             upper: vec![0f32; n],
             lower: vec![0f32; n * t],
         };
-        let (mut labels, mut dists) = (vec![0u32; n], vec![0f32; n]);
-        assign_full_screened(
+        let (mut want, mut want_d) = (vec![0u32; n], vec![0f32; n]);
+        assign_plain(
             &x,
             &xn,
+            &QuantCache::none(),
             d,
+            &c,
             &cn,
-            &packed,
-            &sc,
-            &groups,
-            &mut labels,
-            &mut dists,
-            &mut bounds,
+            &mut want,
+            &mut want_d,
         );
-        let (mut want, mut want_d) = (vec![0u32; n], vec![0f32; n]);
-        assign_plain(&x, &xn, d, &c, &cn, &mut want, &mut want_d);
-        assert_eq!(labels, want);
-        assert!(dists
-            .iter()
-            .zip(&want_d)
-            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        // rows quantized by the step, then kept by a run's cache: its first
+        // step fills it, the second reads it
+        let kept = QuantCache::new(n, d, GROUP_BLOCK);
+        let (mut labels, mut dists) = (vec![0u32; n], vec![0f32; n]);
+        let mut first_bounds = None;
+        for quant in [&QuantCache::none(), &kept, &kept] {
+            labels.fill(u32::MAX);
+            assign_full_screened(
+                &x,
+                &xn,
+                quant,
+                d,
+                &cn,
+                &packed,
+                &sc,
+                &groups,
+                &mut labels,
+                &mut dists,
+                &mut bounds,
+            );
+            assert_eq!(labels, want);
+            assert!(dists
+                .iter()
+                .zip(&want_d)
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
+            let now = (bounds.upper.clone(), bounds.lower.clone());
+            assert_eq!(first_bounds.get_or_insert_with(|| now.clone()), &now);
+        }
+        assert!(kept.get(0, &x[..GROUP_BLOCK * d]).is_some());
         // every bound holds against the true (f64) distances, and most are
         // close to them (not zeros)
         let true_dist = |r: usize, j: usize| {

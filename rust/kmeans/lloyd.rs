@@ -1,7 +1,7 @@
 //! Lloyd's iterations, with or without the grouped bounds.
 
 use crate::kernels::argmin::Packed;
-use crate::kernels::screen::Screen;
+use crate::kernels::screen::{QuantCache, Screen};
 use crate::linalg::{row_sq_norms, sq_dist};
 
 use super::assign::{assign_full_screened, assign_grouped, AssignStats, GroupedCentroids};
@@ -18,11 +18,13 @@ use super::KMeansResult;
 /// the assignment steps skip the points and groups of centroids whose
 /// bounds prove the label unchanged ([`assign_grouped`]); the labels are
 /// those of the plain step (up to exact float ties), and so are the
-/// centroids.
+/// centroids. The rows the AMX screen quantizes are kept in `quant`
+/// (shared by the restarts of one call: the rows are the same).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn lloyd(
     x: &[f32],
     x_norms: &[f32],
+    quant: &QuantCache,
     n: usize,
     d: usize,
     centroids: Vec<f32>,
@@ -33,7 +35,7 @@ pub(super) fn lloyd(
     reassign: bool,
 ) -> KMeansResult {
     lloyd_counting(
-        x, x_norms, n, d, centroids, max_iter, tol, spherical, bounded, reassign,
+        x, x_norms, quant, n, d, centroids, max_iter, tol, spherical, bounded, reassign,
     )
     .0
 }
@@ -46,6 +48,7 @@ fn assign_step(
     bounded: Option<&mut BoundedSteps>,
     x: &[f32],
     x_norms: &[f32],
+    quant: &QuantCache,
     d: usize,
     centroids: &[f32],
     c_norms: &[f32],
@@ -56,11 +59,13 @@ fn assign_step(
 ) {
     match bounded {
         Some(b) => {
-            let stats = b.assign(x, x_norms, d, centroids, c_norms, max_iter, labels, dists);
+            let stats = b.assign(
+                x, x_norms, quant, d, centroids, c_norms, max_iter, labels, dists,
+            );
             *tally.0 += stats.group_products;
             *tally.1 += 1;
         }
-        None => assign_plain(x, x_norms, d, centroids, c_norms, labels, dists),
+        None => assign_plain(x, x_norms, quant, d, centroids, c_norms, labels, dists),
     }
 }
 
@@ -70,6 +75,7 @@ fn assign_step(
 fn lloyd_counting(
     x: &[f32],
     x_norms: &[f32],
+    quant: &QuantCache,
     n: usize,
     d: usize,
     mut centroids: Vec<f32>,
@@ -101,7 +107,7 @@ fn lloyd_counting(
                 dists: &mut [f32],
                 tally: (&mut usize, &mut usize)| {
         assign_step(
-            b, x, x_norms, d, centroids, c_norms, max_iter, labels, dists, tally,
+            b, x, x_norms, quant, d, centroids, c_norms, max_iter, labels, dists, tally,
         )
     };
     for it in 0..max_iter {
@@ -163,6 +169,7 @@ fn lloyd_counting(
                 inertia = Some(assign_plain_inertia(
                     x,
                     x_norms,
+                    quant,
                     d,
                     &centroids,
                     &c_norms,
@@ -267,6 +274,7 @@ impl BoundedSteps {
         &mut self,
         x: &[f32],
         x_norms: &[f32],
+        quant: &QuantCache,
         d: usize,
         centroids: &[f32],
         c_norms: &[f32],
@@ -277,7 +285,7 @@ impl BoundedSteps {
         let (n, k) = (labels.len(), c_norms.len());
         let full = self.full;
         if full {
-            if let Some(sc) = Screen::for_step(centroids, c_norms, d) {
+            if let Some(sc) = Screen::for_step(centroids, c_norms, d, quant.keeps()) {
                 // the bounds set up from the screen: measured 1.4× a plain
                 // step's time, where a full grouped step (every distance by
                 // groups) took 2–2.5×
@@ -285,6 +293,7 @@ impl BoundedSteps {
                 assign_full_screened(
                     x,
                     x_norms,
+                    quant,
                     d,
                     c_norms,
                     &packed,
@@ -385,6 +394,7 @@ mod tests {
         assert!(!bounds_will_pay(Some(1), 10));
         assert!(!bounds_will_pay(Some(usize::MAX), 10));
     }
+    use crate::kmeans::assign::GROUP_BLOCK;
     use crate::kmeans::seeding::random_init;
     use crate::kmeans::tests::{assert_same_bits, blobs, hd_blobs, in_pool};
     use crate::rng::Rng;
@@ -409,6 +419,7 @@ mod tests {
                     lloyd(
                         &x,
                         &norms,
+                        &QuantCache::new(n, d, GROUP_BLOCK),
                         n,
                         d,
                         init.clone(),
@@ -425,6 +436,7 @@ mod tests {
                 lloyd_counting(
                     &x,
                     &norms,
+                    &QuantCache::new(n, d, GROUP_BLOCK),
                     n,
                     d,
                     init.clone(),
@@ -457,6 +469,7 @@ mod tests {
             let plain = lloyd(
                 &x,
                 &norms,
+                &QuantCache::new(n, d, GROUP_BLOCK),
                 n,
                 d,
                 init.clone(),
@@ -470,6 +483,7 @@ mod tests {
                 lloyd_counting(
                     &x,
                     &norms,
+                    &QuantCache::new(n, d, GROUP_BLOCK),
                     n,
                     d,
                     init.clone(),
@@ -489,6 +503,7 @@ mod tests {
                 in_pool(1, || lloyd(
                     &x,
                     &norms,
+                    &QuantCache::new(n, d, GROUP_BLOCK),
                     n,
                     d,
                     init.clone(),
@@ -505,8 +520,32 @@ mod tests {
         let (x, n) = blobs(50, 7);
         let norms = row_sq_norms(&x, 2);
         let init = vec![5.0, 5.0, 100.0, 100.0, 200.0, 200.0, 0.0, 0.1];
-        let plain = lloyd(&x, &norms, n, 2, init.clone(), 20, 0.0, false, false, true);
-        let fast = lloyd(&x, &norms, n, 2, init, 20, 0.0, false, true, true);
+        let plain = lloyd(
+            &x,
+            &norms,
+            &QuantCache::none(),
+            n,
+            2,
+            init.clone(),
+            20,
+            0.0,
+            false,
+            false,
+            true,
+        );
+        let fast = lloyd(
+            &x,
+            &norms,
+            &QuantCache::none(),
+            n,
+            2,
+            init,
+            20,
+            0.0,
+            false,
+            true,
+            true,
+        );
         assert_eq!(plain, fast);
     }
 
@@ -516,14 +555,27 @@ mod tests {
         // start within the run; with AMX (where the CPU has it) their full
         // step runs through the screen, and the run is the same bits
         let (d, k) = (256, 256);
-        assert!(crate::kernels::screen::worth_it(k, d));
+        assert!(crate::kernels::screen::worth_it(k, d, false));
         let x = hd_blobs(12, k, d, 2.0, false);
         let n = x.len() / d;
         let norms = row_sq_norms(&x, d);
         let init = random_init(&x, n, d, k, &mut Rng::new(4));
         let run = |amx: bool| {
             crate::set_amx(amx);
-            let r = lloyd_counting(&x, &norms, n, d, init.clone(), 30, 0.0, false, true, true);
+            let quant = QuantCache::new(n, d, GROUP_BLOCK);
+            let r = lloyd_counting(
+                &x,
+                &norms,
+                &quant,
+                n,
+                d,
+                init.clone(),
+                30,
+                0.0,
+                false,
+                true,
+                true,
+            );
             crate::set_amx(true);
             r
         };
@@ -550,6 +602,7 @@ mod tests {
                     lloyd(
                         &x,
                         &norms,
+                        &QuantCache::new(n, d, GROUP_BLOCK),
                         n,
                         d,
                         init.clone(),

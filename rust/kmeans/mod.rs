@@ -29,9 +29,11 @@ use std::borrow::Cow;
 use rayon::prelude::*;
 
 use crate::error::{check_finite, check_matrix, Error, Result};
+use crate::kernels::screen::QuantCache;
 use crate::linalg::{checked_sq_norms, normalize_rows};
 use crate::rng::Rng;
 
+use assign::GROUP_BLOCK;
 use lloyd::lloyd;
 use seeding::{greedy_kmeanspp, random_init};
 pub use sums::exact_inertia;
@@ -215,10 +217,13 @@ fn kmeans_with(
             ),
         })
     };
+    // the rows as the AMX screen quantizes them, for every restart
+    let quant = QuantCache::new(n, d, GROUP_BLOCK);
     let run = |init: Vec<f32>| {
         lloyd(
             x,
             &x_norms,
+            &quant,
             n,
             d,
             init,
@@ -591,7 +596,7 @@ mod tests {
         // AMX) on
         let mut rng = Rng::new(21);
         let (n, d, k) = (2000, 256, 256);
-        assert!(crate::kernels::screen::worth_it(k, d));
+        assert!(crate::kernels::screen::worth_it(k, d, false));
         let centres: Vec<f32> = (0..k * d).map(|_| rng.next_f64() as f32 - 0.5).collect();
         let mut x = Vec::with_capacity(n * d);
         for i in 0..n {

@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 
 use crate::kernels::argmin::{argmin_rows, Packed};
-use crate::kernels::screen::{Screen, ScreenWork};
+use crate::kernels::screen::{QuantCache, Screen, ScreenWork};
 
 use super::assign::GROUP_BLOCK;
 use super::sums::{block_inertia, sum_parts, INERTIA_BLOCK};
@@ -17,6 +17,7 @@ const _: () = assert!(GROUP_BLOCK == INERTIA_BLOCK);
 /// quantized for the AMX screen when it runs).
 struct PlainStep<'a> {
     x_norms: &'a [f32],
+    quant: &'a QuantCache,
     packed: Packed,
     screen: Option<Screen>,
 }
@@ -29,11 +30,18 @@ struct PlainWork {
 }
 
 impl<'a> PlainStep<'a> {
-    fn new(x_norms: &'a [f32], d: usize, c: &[f32], c_norms: &[f32]) -> Self {
+    fn new(
+        x_norms: &'a [f32],
+        quant: &'a QuantCache,
+        d: usize,
+        c: &[f32],
+        c_norms: &[f32],
+    ) -> Self {
         PlainStep {
             x_norms,
+            quant,
             packed: Packed::new(c, c_norms, d),
-            screen: Screen::for_step(c, c_norms, d),
+            screen: Screen::for_step(c, c_norms, d, quant.keeps()),
         }
     }
 
@@ -52,6 +60,7 @@ impl<'a> PlainStep<'a> {
                     lb,
                     &mut work.screen,
                     None,
+                    self.quant.get(b, xb),
                 );
             }
             None => argmin_rows(xb, m, &self.packed, &mut work.m1, None, lb),
@@ -71,33 +80,38 @@ impl<'a> PlainStep<'a> {
 ///
 /// Where the CPU has AMX and `k` is large enough ([`Screen::for_step`]), an
 /// exact integer screen picks the panels of centroids that can be nearest
-/// and only those are computed, with the same bits.
+/// and only those are computed, with the same bits; the rows it quantizes
+/// for the screen are kept in `quant` for the run's next steps.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn assign_plain(
     x: &[f32],
     x_norms: &[f32],
+    quant: &QuantCache,
     d: usize,
     c: &[f32],
     c_norms: &[f32],
     labels: &mut [u32],
     dists: &mut [f32],
 ) {
-    plain_blocks(x, x_norms, d, c, c_norms, labels, dists, |_, _| ());
+    plain_blocks(x, x_norms, quant, d, c, c_norms, labels, dists, |_, _| ());
 }
 
 /// [`assign_plain`], and the inertia of the labels it finds against the
 /// same centroids `c`: [`exact_inertia`](super::sums::exact_inertia) bit for
 /// bit (the same blocks, summed in the same order), without its pass over
 /// the points.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn assign_plain_inertia(
     x: &[f32],
     x_norms: &[f32],
+    quant: &QuantCache,
     d: usize,
     c: &[f32],
     c_norms: &[f32],
     labels: &mut [u32],
     dists: &mut [f32],
 ) -> f64 {
-    let parts = plain_blocks(x, x_norms, d, c, c_norms, labels, dists, |xb, lb| {
+    let parts = plain_blocks(x, x_norms, quant, d, c, c_norms, labels, dists, |xb, lb| {
         block_inertia(xb, d, c, lb)
     });
     sum_parts(&parts)
@@ -110,6 +124,7 @@ pub(super) fn assign_plain_inertia(
 fn plain_blocks<R: Send>(
     x: &[f32],
     x_norms: &[f32],
+    quant: &QuantCache,
     d: usize,
     c: &[f32],
     c_norms: &[f32],
@@ -117,7 +132,7 @@ fn plain_blocks<R: Send>(
     dists: &mut [f32],
     then: impl Fn(&[f32], &[u32]) -> R + Sync,
 ) -> Vec<R> {
-    let step = PlainStep::new(x_norms, d, c, c_norms);
+    let step = PlainStep::new(x_norms, quant, d, c, c_norms);
     x.par_chunks(GROUP_BLOCK * d)
         .zip(labels.par_chunks_mut(GROUP_BLOCK))
         .zip(dists.par_chunks_mut(GROUP_BLOCK))
@@ -161,11 +176,11 @@ mod tests {
         for n in [1, 255, 256, 257, 1000, 3 * GROUP_BLOCK + 17] {
             let (x, xn, c, cn) = case(n, d, k);
             let (mut l1, mut d1) = (vec![0u32; n], vec![0f32; n]);
-            assign_plain(&x, &xn, d, &c, &cn, &mut l1, &mut d1);
+            assign_plain(&x, &xn, &QuantCache::none(), d, &c, &cn, &mut l1, &mut d1);
             for threads in [1, 3] {
                 let (mut l2, mut d2) = (vec![0u32; n], vec![0f32; n]);
                 let inertia = in_pool(threads, || {
-                    assign_plain_inertia(&x, &xn, d, &c, &cn, &mut l2, &mut d2)
+                    assign_plain_inertia(&x, &xn, &QuantCache::none(), d, &c, &cn, &mut l2, &mut d2)
                 });
                 assert_eq!((&l1, bits(&d1)), (&l2, bits(&d2)), "n = {n}");
                 let want = exact_inertia(&x, d, &c, &l1);
