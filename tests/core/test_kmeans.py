@@ -181,19 +181,23 @@ def test_reassign_false_keeps_the_partition_the_centroids_average() -> None:
 
 
 @pytest.mark.parametrize("spherical", [False, True])
-def test_the_amx_screen_changes_no_bit(spherical: bool) -> None:
-    # k = 256, D = 256 is in the screen's range; unit rows near 256 centres with heavy noise
-    # (many near ties between centroids)
+@pytest.mark.parametrize(("k", "d", "n_init"), [(256, 256, 1), (100, 384, 3)])
+def test_the_amx_screen_changes_no_bit(spherical: bool, k: int, d: int, n_init: int) -> None:
+    # Both sizes are in the screen's range (k = 100 only with the rows quantized once per call,
+    # kept for every step and restart); unit rows near k centres with heavy noise (many near
+    # ties between centroids)
     rng = np.random.default_rng(3)
-    centres = rng.normal(size=(256, 256))
-    x = centres[rng.integers(0, 256, 3000)] + 1.5 * rng.normal(size=(3000, 256))
+    centres = rng.normal(size=(k, d))
+    x = centres[rng.integers(0, k, 3000)] + 1.5 * rng.normal(size=(3000, d))
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     before = protofast.get_amx()
     try:
         runs = []
         for enabled in (False, True):
             assert protofast.set_amx(enabled) is (enabled and protofast.get_amx())
-            runs.append(kmeans(x, 256, max_iter=5, tol=0.0, spherical=spherical, seed=2))
+            runs.append(
+                kmeans(x, k, max_iter=5, tol=0.0, spherical=spherical, seed=2, n_init=n_init)
+            )
     finally:
         protofast.set_amx(before)
     off, on = runs
