@@ -472,7 +472,6 @@ impl QuantRows {
 /// none (each step quantizes its own).
 pub(crate) struct QuantCache {
     blocks: Vec<OnceLock<QuantRows>>,
-    block: usize,
     d: usize,
 }
 
@@ -493,7 +492,6 @@ impl QuantCache {
             } else {
                 Vec::new()
             },
-            block,
             d,
         }
     }
@@ -508,7 +506,6 @@ impl QuantCache {
     pub(crate) fn none() -> QuantCache {
         QuantCache {
             blocks: Vec::new(),
-            block: 1,
             d: 0,
         }
     }
@@ -519,7 +516,6 @@ impl QuantCache {
         let cell = self.blocks.get(b)?;
         let q = cell.get_or_init(|| QuantRows::new(xb, xb.len() / self.d, self.d));
         debug_assert_eq!(q.rows.len() * self.d, xb.len());
-        debug_assert!(q.rows.len() <= self.block);
         Some(q)
     }
 }
